@@ -1,0 +1,37 @@
+# pebslab — two commands matter: `make lab` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
+export MPLBACKEND ?= Agg
+export PYDEVD_DISABLE_FILE_VALIDATION := 1
+
+.PHONY: lab test test-unit test-nojit test-notebooks bench fuzz figures clean
+
+$(STAMP): pyproject.toml
+	@if ! command -v uv >/dev/null 2>&1 && ! $(PYTHON) -m uv --version >/dev/null 2>&1; then \
+	    echo "bootstrapping uv with pip"; \
+	    $(PYTHON) -m pip install --quiet uv || $(PYTHON) -m pip install --quiet --user uv; \
+	fi
+	@UV=$$(command -v uv || echo "$(PYTHON) -m uv"); \
+	  $$UV venv --quiet --allow-existing --python $(PYTHON) $(VENV) && \
+	  $$UV pip install --quiet --python $(PY) -e '.[test]'
+	@$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (pebslab)" >/dev/null
+	@touch $(STAMP)
+
+## Open JupyterLab on the notebooks (creates .venv on first use).
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab --ServerApp.ip=127.0.0.1 --notebook-dir=notebooks
+
+## The whole suite: unit + property tests, notebooks, then the unit tests again in pure Python.
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+	NUMBA_DISABLE_JIT=1 $(PY) -m pytest -q -p no:cacheprovider -m "not notebook and not slow" tests --ignore=tests/test_notebooks.py
+
+bench: $(STAMP)
+	$(PY) bench/bench_core.py
+
+clean:
+	rm -rf $(VENV) .numba_cache .pytest_cache .hypothesis

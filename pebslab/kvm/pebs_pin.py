@@ -1,0 +1,222 @@
+"""Pinning the guest's DS area and PEBS buffer in host memory.
+
+Models the four functions the 2014 patch adds to arch/x86/kvm/pmu.c, in the
+patch's order: kvm_pmu_release_pin, get_guest_page, pin_and_copy,
+kvm_pmu_pebs_pin. The CPU cannot take an EPT fault while it writes a PEBS
+record, so KVM takes a reference (get_page via gfn_to_pfn) on every host
+frame the hardware may write, and reclaim then leaves those frames alone.
+
+``kvm_pmu_pebs_pin`` reproduces the posted code exactly, limitations
+included; ``kvm_pmu_pebs_pin_fixed`` is the `fixed` design's version. The
+page ranges both compute are exposed as pure functions
+(:func:`patch_pin_plan`, :func:`needed_pages`) so a notebook can compare
+them without a VM.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from ..hw.pebs import DS_SIZE_PATCH, PAGE_SIZE
+
+PAGE_MASK = ~(PAGE_SIZE - 1)
+MAX_PINNED_PAGES = 17          # "64k buffer + ds"
+UNMAPPED_GVA = -1
+
+
+def kvm_pmu_release_pin(vcpu) -> None:
+    """Put every pinned page and forget them (kvm_pmu_release_pin)."""
+    pmu = vcpu.pmu
+    for hfn in pmu.pinned_pages:
+        vcpu.host_mm.put_page(hfn)
+        vcpu.trace("UNPIN", frame=hfn, info=f"put_page(frame {hfn})")
+    pmu.pinned_pages = []
+    pmu.pin_view = {}
+    vcpu.untrack_all()
+
+
+def get_guest_page(vcpu, addr: int) -> int | None:
+    """Translate a guest virtual address and take a reference on its host frame.
+
+    Models get_guest_page(): walk_mmu->gva_to_gpa with a write access, then
+    gfn_to_pfn (which faults the page in and takes a reference). Returns the
+    host frame number, or None (the patch's printk_once and NULL).
+    """
+    gpa = vcpu.gva_to_gpa(addr, write=True)
+    if gpa == UNMAPPED_GVA:
+        vcpu.trace("NOTE", gva=addr, info=f"Cannot translate guest page {addr:#x}")
+        return None
+    hfn = vcpu.gfn_to_pfn(gpa >> 12)
+    if hfn is None:
+        vcpu.trace("NOTE", gpa=gpa, info=f"gfn_to_pfn failed for {gpa:#x}")
+        return None
+    vcpu.trace("PIN", gva=addr, gpa=gpa, hpa=hfn << 12, frame=hfn,
+               info=f"get_page(frame {hfn}) for gva {addr:#x}")
+    return hfn
+
+
+def pin_and_copy(vcpu, addr: int, length: int) -> tuple[int | None, bytes]:
+    """Pin the page holding ``addr`` and copy ``length`` bytes from it (pin_and_copy).
+
+    Returns (host frame or None, bytes). The copy stays inside the page.
+    """
+    offset = addr & ~PAGE_MASK
+    hfn = get_guest_page(vcpu, addr)
+    if hfn is None:
+        return None, b""
+    data = vcpu.host_mm.read_phys(hfn * PAGE_SIZE + offset, length)
+    return hfn, data
+
+
+def _unpack_ds(raw: bytes) -> dict[str, int]:
+    raw = raw.ljust(DS_SIZE_PATCH, b"\0")
+    vals = struct.unpack("<12Q", raw[:DS_SIZE_PATCH])
+    names = ("bts_buffer_base", "bts_index", "bts_absolute_maximum",
+             "bts_interrupt_threshold", "pebs_buffer_base", "pebs_index",
+             "pebs_absolute_maximum", "pebs_interrupt_threshold")
+    out = dict(zip(names, vals[:8]))
+    out["pebs_event_reset"] = vals[8:12]
+    return out
+
+
+def kvm_pmu_pebs_pin(vcpu) -> list[int]:
+    """Pin the DS area and the PEBS buffer while PEBS is enabled (the patch's version).
+
+    Models kvm_pmu_pebs_pin() of the 2014 patch, step by step:
+
+    1. copy the 96-byte ``struct debug_store`` of the patch from the guest
+       (two pins if it straddles a page boundary; a failure on the first page
+       pins nothing, on the second keeps the first);
+    2. pin buffer pages starting at ``pebs_buffer_base`` in PAGE_SIZE steps
+       while the address is below ``pebs_absolute_maximum`` and fewer than
+       MAX_PINNED_PAGES (17) pages are pinned in all; a failure stops there.
+
+    What it leaves out (by construction): the last page of a buffer whose
+    base is not page-aligned; pages past the 17th; anything the guest maps
+    later. Returns the host frames pinned, in order.
+    """
+    pmu = vcpu.pmu
+    ds_area = pmu.ds_area
+    offset = ds_area & ~PAGE_MASK
+    length = min(PAGE_SIZE - offset, DS_SIZE_PATCH)
+    hfn, raw = pin_and_copy(vcpu, ds_area, length)
+    if hfn is None:
+        vcpu.trace("NOTE", gva=ds_area, info=f"Cannot pin ds area {ds_area:#x}")
+        return list(pmu.pinned_pages)
+    pmu.pinned_pages.append(hfn)
+    if length < DS_SIZE_PATCH:
+        hfn2, raw2 = pin_and_copy(vcpu, ds_area + length, DS_SIZE_PATCH - length)
+        if hfn2 is None:
+            return list(pmu.pinned_pages)
+        pmu.pinned_pages.append(hfn2)
+        raw = raw + raw2
+    ds = _unpack_ds(raw)
+    pmu.pin_view = {"ds": ds}
+    addr = ds["pebs_buffer_base"]
+    while addr < ds["pebs_absolute_maximum"] and len(pmu.pinned_pages) < MAX_PINNED_PAGES:
+        page = get_guest_page(vcpu, addr)
+        if page is None:
+            vcpu.trace("NOTE", gva=addr, info=(
+                f"Cannot pin PEBS buffer {addr:#x} ({ds['pebs_buffer_base']:#x}-"
+                f"{ds['pebs_absolute_maximum']:#x})"))
+            break
+        pmu.pinned_pages.append(page)
+        addr += PAGE_SIZE
+    return list(pmu.pinned_pages)
+
+
+# -----------------------------------------------------------------------------
+# page ranges as pure functions
+# -----------------------------------------------------------------------------
+
+def patch_pin_plan(ds_area: int, buffer_base: int, absolute_maximum: int,
+                   limit: int = MAX_PINNED_PAGES) -> list[int]:
+    """The guest virtual pages (page-aligned GVAs) the patch pins, in order.
+
+    pebslab only: the address arithmetic of kvm_pmu_pebs_pin without the
+    memory accesses, for notebooks and tests.
+    """
+    for name, v in (("ds_area", ds_area), ("buffer_base", buffer_base),
+                    ("absolute_maximum", absolute_maximum)):
+        if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < 1 << 64:
+            raise ValueError(f"{name} must be an int in 0..2**64-1; got {v!r}")
+    if not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"limit must be a positive int; got {limit!r}")
+    pages = [ds_area & PAGE_MASK]
+    offset = ds_area & ~PAGE_MASK
+    if PAGE_SIZE - offset < DS_SIZE_PATCH:
+        pages.append((ds_area & PAGE_MASK) + PAGE_SIZE)
+    addr = buffer_base
+    while addr < absolute_maximum and len(pages) < limit:
+        pages.append(addr & PAGE_MASK)
+        addr += PAGE_SIZE
+    return pages
+
+
+def needed_pages(ds_area: int, buffer_base: int, absolute_maximum: int,
+                 ds_size: int = DS_SIZE_PATCH) -> list[int]:
+    """Every guest virtual page the CPU may touch: the DS area and [base, absolute_maximum).
+
+    pebslab only: what a correct pin must cover.
+    """
+    pages = []
+    first = ds_area & PAGE_MASK
+    last = (ds_area + ds_size - 1) & PAGE_MASK
+    pages.extend(range(first, last + PAGE_SIZE, PAGE_SIZE))
+    if absolute_maximum > buffer_base:
+        first = buffer_base & PAGE_MASK
+        last = (absolute_maximum - 1) & PAGE_MASK
+        for p in range(first, last + PAGE_SIZE, PAGE_SIZE):
+            if p not in pages:
+                pages.append(p)
+    return pages
+
+
+def kvm_pmu_pebs_pin_fixed(vcpu) -> bool:
+    """Pin every page in :func:`needed_pages`, or nothing (the `fixed` design).
+
+    pebslab only (a v2 the patch never had). Refuses (returns False, pins
+    nothing) if a page cannot be pinned or more than ``design.pin_limit``
+    pages would be needed. Also records which guest page-table pages map
+    those addresses so a later remap is noticed (KVM page tracking,
+    kvm_slot_page_track_add_page in arch/x86/kvm/mmu/page_track.c).
+    """
+    pmu = vcpu.pmu
+    ds_area = pmu.ds_area
+    raw = b""
+    try:
+        raw = vcpu.read_guest_virt(ds_area, DS_SIZE_PATCH)
+    except Exception:  # noqa: BLE001 - any translation failure means "cannot pin"
+        vcpu.trace("NOTE", gva=ds_area, info=f"Cannot read ds area {ds_area:#x}")
+        return False
+    ds = _unpack_ds(raw)
+    pages = needed_pages(ds_area, ds["pebs_buffer_base"], ds["pebs_absolute_maximum"])
+    if len(pages) > vcpu.design.pin_limit:
+        vcpu.trace("NOTE", info=f"PEBS buffer needs {len(pages)} pages > "
+                                f"limit {vcpu.design.pin_limit}: refused")
+        return False
+    pinned = []
+    for gva in pages:
+        hfn = get_guest_page(vcpu, gva)
+        if hfn is None:
+            for h in pinned:
+                vcpu.host_mm.put_page(h)
+                vcpu.trace("UNPIN", frame=h, info=f"put_page(frame {h}) (rollback)")
+            return False
+        pinned.append(hfn)
+    pmu.pinned_pages = pinned
+    pmu.pin_view = {"ds": ds, "pages": pages,
+                    "gpas": [vcpu.gva_to_gpa(g, write=True) for g in pages]}
+    for gva in pages:
+        vcpu.track_page_tables(gva)
+    return True
+
+
+def pin_for_design(vcpu) -> bool:
+    """Pin with the design's method; True if the CPU's writes are now safe."""
+    if vcpu.design.pin == "patch":
+        kvm_pmu_pebs_pin(vcpu)
+        return bool(vcpu.pmu.pinned_pages)
+    if vcpu.design.pin == "fixed":
+        return kvm_pmu_pebs_pin_fixed(vcpu)
+    return True

@@ -1,0 +1,592 @@
+"""KVM's virtual PMU as of 2014, with the PEBS patch applied.
+
+Models arch/x86/kvm/pmu.c of the 2014 tree plus the hunks of "kvm:
+Implement PEBS virtualization": MSR interception (kvm_pmu_msr,
+kvm_pmu_get_msr, kvm_pmu_set_msr), guest counters backed by host perf events
+(reprogram_counter, reprogram_gp_counter, reprogram_fixed_counter,
+reprogram_idx, global_ctrl_changed), the two overflow handlers
+(kvm_perf_overflow, kvm_perf_overflow_intr, with bit 62 for precise events)
+and kvm_pmu_cpuid_update. Where a design knob changes a behaviour, the knob
+is named at that spot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import GuestFault
+from ..host import perf as P
+from ..hw import msr as M
+from ..hw.core import is_canonical
+from . import pebs_pin
+
+KVM_PMC_GP = 0
+KVM_PMC_FIXED = 1
+
+# arch_events[] of the 2014 pmu.c: (eventsel, umask, perf generic event)
+ARCH_EVENTS = (
+    (0x3C, 0x00, P.PERF_COUNT_HW_CPU_CYCLES),
+    (0xC0, 0x00, P.PERF_COUNT_HW_INSTRUCTIONS),
+    (0x3C, 0x01, P.PERF_COUNT_HW_BUS_CYCLES),
+    (0x2E, 0x4F, P.PERF_COUNT_HW_CACHE_REFERENCES),
+    (0x2E, 0x41, P.PERF_COUNT_HW_CACHE_MISSES),
+    (0xC4, 0x00, P.PERF_COUNT_HW_BRANCH_INSTRUCTIONS),
+    (0xC5, 0x00, P.PERF_COUNT_HW_BRANCH_MISSES),
+    (0x00, 0x30, P.PERF_COUNT_HW_REF_CPU_CYCLES),
+)
+# fixed_pmc_events[]: fixed counter i counts arch_events[fixed_pmc_events[i]]
+FIXED_PMC_EVENTS = (1, 0, 7)
+
+# the eventsel bits reprogram_gp_counter passes to perf as a raw config
+AMD64_RAW_EVENT_MASK = 0xFF | 0xFF00 | M.ARCH_PERFMON_EVENTSEL_EDGE | \
+    M.ARCH_PERFMON_EVENTSEL_INV | M.ARCH_PERFMON_EVENTSEL_CMASK
+# 2014 kvm_pmu_cpuid_update: reserved eventsel bits (63:32 and ANY)
+EVENTSEL_RESERVED_2014 = 0xFFFFFFFF00200000
+# 2014 kvm_pmu_set_msr: FIXED_CTR_CTRL reserved bits (AnyThread of counters 0-2, 63:12)
+FIXED_CTR_CTRL_RESERVED_2014 = 0xFFFFFFFFFFFFF444
+
+
+@dataclass
+class KvmPmc:
+    """One virtual counter (struct kvm_pmc)."""
+
+    idx: int                    # GLOBAL bit: GP i, fixed 32+i
+    type: int
+    counter: int = 0
+    eventsel: int = 0
+    perf_event: P.PerfEvent | None = None
+
+    @property
+    def name(self) -> str:
+        return f"PMC{self.idx}" if self.type == KVM_PMC_GP else f"FIXED{self.idx - 32}"
+
+
+@dataclass
+class KvmPmu:
+    """The per-vCPU PMU state (struct kvm_pmu, with the patch's four new fields)."""
+
+    version: int = 0
+    nr_arch_gp_counters: int = 0
+    nr_arch_fixed_counters: int = 0
+    counter_bitmask: tuple = (0, 0)
+    fixed_ctr_ctrl: int = 0
+    global_ctrl: int = 0
+    global_status: int = 0
+    global_ovf_ctrl: int = 0
+    global_ctrl_mask: int = ~0
+    reserved_bits: int = EVENTSEL_RESERVED_2014
+    gp_counters: list = field(default_factory=list)
+    fixed_counters: list = field(default_factory=list)
+    reprogram_pmi: int = 0
+    # --- the patch --------------------------------------------------------------
+    pebs_enable: int = 0
+    ds_area: int = 0
+    pinned_pages: list = field(default_factory=list)   # host frame numbers
+    # --- review / icelake -------------------------------------------------------
+    pebs_allowed: bool = True
+    pebs_data_cfg: int = 0
+    perf_capabilities: int = 0
+    #: what pinning looked at last time (for the `fixed` design's page tracking)
+    pin_view: dict = field(default_factory=dict)
+
+    @property
+    def num_pinned_pages(self) -> int:
+        return len(self.pinned_pages)
+
+    def pmcs(self) -> list[KvmPmc]:
+        return list(self.gp_counters) + list(self.fixed_counters)
+
+
+# -----------------------------------------------------------------------------
+# helpers
+# -----------------------------------------------------------------------------
+
+def pmc_bitmask(pmu: KvmPmu, pmc: KvmPmc) -> int:
+    return pmu.counter_bitmask[pmc.type]
+
+
+def pmc_enabled(pmu: KvmPmu, pmc: KvmPmc) -> bool:
+    """The counter's GLOBAL_CTRL bit (pmc_enabled in pmu.c)."""
+    return bool(pmu.global_ctrl >> pmc.idx & 1)
+
+
+def get_gp_pmc(pmu: KvmPmu, msr: int, base: int) -> KvmPmc | None:
+    if base <= msr < base + pmu.nr_arch_gp_counters:
+        return pmu.gp_counters[msr - base]
+    return None
+
+
+def get_fixed_pmc(pmu: KvmPmu, msr: int) -> KvmPmc | None:
+    base = M.MSR_CORE_PERF_FIXED_CTR0
+    if base <= msr < base + pmu.nr_arch_fixed_counters:
+        return pmu.fixed_counters[msr - base]
+    return None
+
+
+def fixed_ctrl_field(ctrl: int, idx: int) -> int:
+    return ctrl >> (idx * 4) & 0xF
+
+
+def read_pmc(vcpu, pmc: KvmPmc) -> int:
+    """Guest-visible counter value: pmc->counter plus what the perf event counted.
+
+    Models read_pmc() in pmu.c (counter + perf_event_read_value, masked).
+    """
+    counter = pmc.counter
+    ev = pmc.perf_event
+    if ev is not None:
+        vcpu.host_perf_sync(ev)
+        counter += ev.count
+    return counter & pmc_bitmask(vcpu.pmu, pmc)
+
+
+# -----------------------------------------------------------------------------
+# the patch's gate: do the PEBS MSRs exist?
+# -----------------------------------------------------------------------------
+
+def perf_pebs_virtualization(vcpu) -> bool:
+    """Does the host perf code support PEBS virtualization on this CPU?
+
+    Models perf_pebs_virtualization() from patches 1-3 of the 2014 series
+    (not archived; FACTS e). ASSUMPTION from the cover text: "Due to various
+    limitations it currently only works on Silvermont". The `icelake` design
+    instead requires EPT-friendly PEBS (x86_pmu.pebs_ept, FACTS c.2).
+    """
+    model = vcpu.host_cpu
+    if vcpu.design.require_pebs_ept:
+        return model.pebs_ept
+    return model.name == "silvermont"
+
+
+def pebs_msrs_visible(vcpu) -> bool:
+    """Whether DS_AREA/PEBS_ENABLE/PERF_CAPABILITIES are PMU MSRs for this guest.
+
+    `patch`: host capability only. `review` and later: also the guest CPUID
+    (kvm_pmu->pebs_allowed, computed in kvm_pmu_cpuid_update).
+    """
+    if not perf_pebs_virtualization(vcpu):
+        return False
+    if vcpu.design.pebs_msrs_gate == "guest_cpuid":
+        return vcpu.pmu.pebs_allowed
+    return True
+
+
+def kvm_pmu_msr(vcpu, msr: int) -> bool:
+    """True if ``msr`` is a PMU MSR KVM handles for this guest (kvm_pmu_msr)."""
+    pmu = vcpu.pmu
+    if msr in (M.MSR_IA32_DS_AREA, M.MSR_IA32_PEBS_ENABLE, M.MSR_IA32_PERF_CAPABILITIES):
+        return pebs_msrs_visible(vcpu)
+    if msr == M.MSR_PEBS_DATA_CFG:
+        return vcpu.design.data_cfg and pebs_msrs_visible(vcpu) and \
+            vcpu.host_cpu.pebs_format >= 4
+    if msr in (M.MSR_CORE_PERF_FIXED_CTR_CTRL, M.MSR_CORE_PERF_GLOBAL_STATUS,
+               M.MSR_CORE_PERF_GLOBAL_CTRL, M.MSR_CORE_PERF_GLOBAL_OVF_CTRL):
+        return pmu.version > 1
+    return bool(get_gp_pmc(pmu, msr, M.MSR_IA32_PERFCTR0)
+                or get_gp_pmc(pmu, msr, M.MSR_P6_EVNTSEL0)
+                or get_fixed_pmc(pmu, msr))
+
+
+def guest_perf_capabilities(vcpu) -> int:
+    """The PERF_CAPABILITIES value the guest reads.
+
+    `patch`: "Report host PEBS format to guest": host value & (PEBS_TRAP |
+    ARCH_REG | PEBS_FORMAT). `full` (icelake): also LBR format, FW_WRITES,
+    BASELINE; 0 when the guest CPUID lacks PDCM (vcpu_get_perf_capabilities).
+    """
+    host = vcpu.host_cpu.perf_capabilities
+    if vcpu.design.perf_cap_bits == "patch":
+        return host & (M.PERF_CAP_PEBS_TRAP | M.PERF_CAP_ARCH_REG | M.PERF_CAP_PEBS_FORMAT)
+    if not vcpu.cpuid_has("PDCM"):
+        return 0
+    return host & (M.PERF_CAP_LBR_FMT | M.PERF_CAP_PEBS_TRAP | M.PERF_CAP_ARCH_REG
+                   | M.PERF_CAP_PEBS_FORMAT | M.PERF_CAP_FW_WRITES | M.PERF_CAP_PEBS_BASELINE)
+
+
+# -----------------------------------------------------------------------------
+# overflow handlers: called by host perf from its PMI handler
+# -----------------------------------------------------------------------------
+
+def kvm_perf_overflow(perf_event: P.PerfEvent, sample_ip: int = 0) -> None:
+    """Record a guest counter overflow in the virtual GLOBAL_STATUS (no PMI).
+
+    Models kvm_perf_overflow(); the patch sets bit 62 (buffer overflow)
+    instead of the counter's bit when the event is precise.
+    """
+    pmc, vcpu = perf_event.context
+    pmu = vcpu.pmu
+    if perf_event.attr.precise_ip:
+        pmu.global_status |= M.GLOBAL_STATUS_BUFFER_OVF
+    else:
+        pmu.global_status |= 1 << pmc.idx
+
+
+def kvm_perf_overflow_intr(perf_event: P.PerfEvent, sample_ip: int = 0) -> None:
+    """Overflow with a PMI for the guest: set the status bit and request injection.
+
+    Models kvm_perf_overflow_intr() (kvm_make_request(KVM_REQ_PMI) then
+    kvm_deliver_pmi -> the guest's LVTPC). The patch routes PEBS events here
+    too (`intr || pebs`).
+    """
+    pmc, vcpu = perf_event.context
+    kvm_perf_overflow(perf_event, sample_ip)
+    if not vcpu.pmu.reprogram_pmi >> pmc.idx & 1:
+        vcpu.request_pmi(pmc)
+
+
+# -----------------------------------------------------------------------------
+# reprogramming: guest counter -> host perf event
+# -----------------------------------------------------------------------------
+
+def stop_counter(vcpu, pmc: KvmPmc) -> None:
+    """Fold the event's count into pmc->counter and release it (stop_counter)."""
+    if pmc.perf_event is not None:
+        pmc.counter = read_pmc(vcpu, pmc)
+        vcpu.host_perf_release(pmc.perf_event)
+        pmc.perf_event = None
+
+
+def reprogram_counter(vcpu, pmc: KvmPmc, type_: int, config: int, exclude_user: bool,
+                      exclude_kernel: bool, intr: bool, in_tx: bool, in_tx_cp: bool,
+                      pebs: bool) -> None:
+    """Create the host perf event that backs a guest counter.
+
+    Models reprogram_counter() with the patch: sample_period from the
+    counter value, precise_ip = 1 for PEBS counters, the interrupting
+    handler for `intr || pebs`, and a guest-owned event.
+    """
+    attr = P.PerfEventAttr(
+        type=type_, config=config, exclude_user=bool(exclude_user),
+        exclude_kernel=bool(exclude_kernel), exclude_host=True, pinned=True,
+        sample_period=(-pmc.counter) & pmc_bitmask(vcpu.pmu, pmc),
+        precise_ip=1 if pebs else 0,
+    )
+    if in_tx:
+        attr.config |= M.HSW_IN_TX
+    if in_tx_cp:
+        attr.config |= M.HSW_IN_TX_CHECKPOINTED
+    handler = kvm_perf_overflow_intr if (intr or pebs) else kvm_perf_overflow
+    ev = vcpu.host_perf_create(attr, handler, (pmc, vcpu), pebs=pebs)
+    if ev is None:
+        vcpu.trace("NOTE", info=f"kvm: pmu event creation failed for {pmc.name}")
+        return
+    pmc.perf_event = ev
+    vcpu.pmu.reprogram_pmi &= ~(1 << pmc.idx)
+
+
+def find_arch_event(pmu: KvmPmu, event_select: int, unit_mask: int) -> int | None:
+    for i, (ev, um, hw) in enumerate(ARCH_EVENTS):
+        if ev == event_select and um == unit_mask:
+            return hw
+    return None
+
+
+def reprogram_gp_counter(vcpu, pmc: KvmPmc, eventsel: int) -> None:
+    """Recreate the perf event of a GP counter for a new event select.
+
+    Models reprogram_gp_counter() with the patch's extra argument: PEBS is
+    on for this counter iff its bit is set in pmu->pebs_enable *now*.
+    """
+    pmu = vcpu.pmu
+    pmc.eventsel = eventsel
+    stop_counter(vcpu, pmc)
+    if not eventsel & M.ARCH_PERFMON_EVENTSEL_ENABLE or not pmc_enabled(pmu, pmc):
+        return
+    event_select = eventsel & 0xFF
+    unit_mask = eventsel >> 8 & 0xFF
+    type_ = P.PERF_TYPE_RAW
+    config = 0
+    if not eventsel & (M.ARCH_PERFMON_EVENTSEL_EDGE | M.ARCH_PERFMON_EVENTSEL_INV
+                       | M.ARCH_PERFMON_EVENTSEL_CMASK | M.HSW_IN_TX
+                       | M.HSW_IN_TX_CHECKPOINTED):
+        hw = find_arch_event(pmu, event_select, unit_mask)
+        if hw is not None:
+            type_ = P.PERF_TYPE_HARDWARE
+            config = hw
+    if type_ == P.PERF_TYPE_RAW:
+        config = eventsel & AMD64_RAW_EVENT_MASK
+    pebs = bool(pmu.pebs_enable >> pmc.idx & 1)
+    reprogram_counter(vcpu, pmc, type_, config,
+                      not eventsel & M.ARCH_PERFMON_EVENTSEL_USR,
+                      not eventsel & M.ARCH_PERFMON_EVENTSEL_OS,
+                      bool(eventsel & M.ARCH_PERFMON_EVENTSEL_INT),
+                      bool(eventsel & M.HSW_IN_TX),
+                      bool(eventsel & M.HSW_IN_TX_CHECKPOINTED), pebs)
+
+
+def reprogram_fixed_counter(vcpu, pmc: KvmPmc, en_pmi: int, idx: int) -> None:
+    """Recreate the perf event of a fixed counter (reprogram_fixed_counter).
+
+    The patch passes pebs=false here: fixed counters never get PEBS. The
+    `icelake` design (extended PEBS) passes the PEBS_ENABLE bit.
+    """
+    pmu = vcpu.pmu
+    en = en_pmi & 0x3
+    pmi = bool(en_pmi & 0x8)
+    stop_counter(vcpu, pmc)
+    if not en or not pmc_enabled(pmu, pmc):
+        return
+    pebs = vcpu.design.data_cfg and bool(pmu.pebs_enable >> pmc.idx & 1)
+    reprogram_counter(vcpu, pmc, P.PERF_TYPE_HARDWARE,
+                      ARCH_EVENTS[FIXED_PMC_EVENTS[idx]][2],
+                      not en & 0x2, not en & 0x1, pmi, False, False, pebs)
+
+
+def reprogram_fixed_counters(vcpu, data: int) -> None:
+    pmu = vcpu.pmu
+    for i in range(pmu.nr_arch_fixed_counters):
+        en_pmi = fixed_ctrl_field(data, i)
+        pmc = pmu.fixed_counters[i]
+        if fixed_ctrl_field(pmu.fixed_ctr_ctrl, i) == en_pmi:
+            continue
+        reprogram_fixed_counter(vcpu, pmc, en_pmi, i)
+    pmu.fixed_ctr_ctrl = data
+
+
+def reprogram_idx(vcpu, idx: int) -> None:
+    pmu = vcpu.pmu
+    pmc = global_idx_to_pmc(pmu, idx)
+    if pmc is None:
+        return
+    if pmc.type == KVM_PMC_GP:
+        reprogram_gp_counter(vcpu, pmc, pmc.eventsel)
+    else:
+        fidx = idx - M.INTEL_PMC_IDX_FIXED
+        reprogram_fixed_counter(vcpu, pmc, fixed_ctrl_field(pmu.fixed_ctr_ctrl, fidx), fidx)
+
+
+def global_idx_to_pmc(pmu: KvmPmu, idx: int) -> KvmPmc | None:
+    if idx < M.INTEL_PMC_IDX_FIXED:
+        return pmu.gp_counters[idx] if idx < pmu.nr_arch_gp_counters else None
+    f = idx - M.INTEL_PMC_IDX_FIXED
+    return pmu.fixed_counters[f] if f < pmu.nr_arch_fixed_counters else None
+
+
+def global_ctrl_changed(vcpu, data: int) -> None:
+    """Reprogram every counter whose GLOBAL_CTRL bit flipped (global_ctrl_changed)."""
+    pmu = vcpu.pmu
+    diff = pmu.global_ctrl ^ data
+    pmu.global_ctrl = data
+    bit = 0
+    while diff >> bit:
+        if diff >> bit & 1:
+            reprogram_idx(vcpu, bit)
+        bit += 1
+
+
+# -----------------------------------------------------------------------------
+# MSR access
+# -----------------------------------------------------------------------------
+
+def kvm_pmu_get_msr(vcpu, index: int) -> int:
+    """Return the guest's view of a PMU MSR, or raise GuestFault (kvm_pmu_get_msr)."""
+    pmu = vcpu.pmu
+    if not kvm_pmu_msr(vcpu, index):
+        raise GuestFault("#GP", msr=index, reason="not a PMU MSR for this guest")
+    if index == M.MSR_CORE_PERF_FIXED_CTR_CTRL:
+        return pmu.fixed_ctr_ctrl
+    if index == M.MSR_CORE_PERF_GLOBAL_STATUS:
+        return pmu.global_status
+    if index == M.MSR_CORE_PERF_GLOBAL_CTRL:
+        return pmu.global_ctrl
+    if index == M.MSR_CORE_PERF_GLOBAL_OVF_CTRL:
+        return pmu.global_ovf_ctrl
+    if index == M.MSR_IA32_DS_AREA:
+        return pmu.ds_area
+    if index == M.MSR_IA32_PEBS_ENABLE:
+        return pmu.pebs_enable
+    if index == M.MSR_IA32_PERF_CAPABILITIES:
+        return pmu.perf_capabilities
+    if index == M.MSR_PEBS_DATA_CFG:
+        return pmu.pebs_data_cfg
+    pmc = get_gp_pmc(pmu, index, M.MSR_IA32_PERFCTR0) or get_fixed_pmc(pmu, index)
+    if pmc is not None:
+        return read_pmc(vcpu, pmc)
+    pmc = get_gp_pmc(pmu, index, M.MSR_P6_EVNTSEL0)
+    if pmc is not None:
+        return pmc.eventsel
+    raise GuestFault("#GP", msr=index)
+
+
+def pebs_enable_valid(vcpu) -> int:
+    """Bits a guest may set in PEBS_ENABLE under this design."""
+    if vcpu.design.pebs_enable_mask == "patch":
+        return M.PATCH_PEBS_ENABLE_VALID
+    m = vcpu.host_cpu
+    gp = m.pebs_counter_mask & ((1 << vcpu.pmu.nr_arch_gp_counters) - 1)
+    if vcpu.design.data_cfg and m.adaptive:
+        fixed = m.pebs_fixed_mask & ((1 << vcpu.pmu.nr_arch_fixed_counters) - 1)
+        return gp | fixed << M.INTEL_PMC_IDX_FIXED
+    return gp | gp << M.PEBS_LL_EN_SHIFT
+
+
+def kvm_pmu_set_msr(vcpu, index: int, data: int, host_initiated: bool = False) -> None:
+    """Apply a guest (or host-initiated) write to a PMU MSR; raise GuestFault on #GP.
+
+    Models kvm_pmu_set_msr() with the patch's DS_AREA and PEBS_ENABLE cases.
+    """
+    pmu = vcpu.pmu
+    d = vcpu.design
+    if not kvm_pmu_msr(vcpu, index):
+        raise GuestFault("#GP", msr=index, value=data, reason="not a PMU MSR for this guest")
+    if index == M.MSR_CORE_PERF_FIXED_CTR_CTRL:
+        if pmu.fixed_ctr_ctrl == data:
+            return
+        if not data & fixed_ctr_ctrl_reserved(vcpu):
+            reprogram_fixed_counters(vcpu, data)
+            return
+    elif index == M.MSR_CORE_PERF_GLOBAL_STATUS:
+        if host_initiated:
+            pmu.global_status = data
+            return
+    elif index == M.MSR_CORE_PERF_GLOBAL_CTRL:
+        if pmu.global_ctrl == data:
+            return
+        if not data & pmu.global_ctrl_mask:
+            global_ctrl_changed(vcpu, data)
+            return
+    elif index == M.MSR_CORE_PERF_GLOBAL_OVF_CTRL:
+        if not data & (pmu.global_ctrl_mask & ~(3 << 62)):
+            if not host_initiated:
+                pmu.global_status &= ~data
+            pmu.global_ovf_ctrl = data
+            return
+    elif index == M.MSR_IA32_DS_AREA:
+        if d.ds_area_canonical_check and not is_canonical(data):
+            raise GuestFault("#GP", msr=index, value=data, reason="non-canonical DS_AREA")
+        old = pmu.ds_area
+        pmu.ds_area = data
+        if d.repin_on_ds_area_write and pmu.pebs_enable and data != old:
+            pebs_pin.kvm_pmu_release_pin(vcpu)
+            pebs_pin.pin_for_design(vcpu)
+        return
+    elif index == M.MSR_IA32_PEBS_ENABLE:
+        bad = data & ~pebs_enable_valid(vcpu)
+        if bad:
+            raise GuestFault("#GP", msr=index, value=data,
+                             reason=f"reserved PEBS_ENABLE bits {bad:#x}")
+        if d.pin != "none":
+            if data and data != pmu.pebs_enable:
+                pebs_pin.kvm_pmu_release_pin(vcpu)
+                ok = pebs_pin.pin_for_design(vcpu)
+                if not ok and d.pin_failure == "gp":
+                    pebs_pin.kvm_pmu_release_pin(vcpu)
+                    raise GuestFault("#GP", msr=index, value=data,
+                                     reason="cannot pin the DS area and PEBS buffer")
+            elif data == 0 and pmu.pebs_enable:
+                pebs_pin.kvm_pmu_release_pin(vcpu)
+        old = pmu.pebs_enable
+        pmu.pebs_enable = data
+        if d.data_cfg and old != data:
+            # upstream (icelake design): reprogram the counters whose PEBS bit flipped
+            diff = old ^ data
+            bit = 0
+            while diff >> bit:
+                if diff >> bit & 1:
+                    reprogram_idx(vcpu, bit)
+                bit += 1
+        return
+    elif index == M.MSR_PEBS_DATA_CFG:
+        if not data & ~M.KVM_PEBS_DATA_CFG_VALID:
+            pmu.pebs_data_cfg = data
+            return
+    else:
+        pmc = get_gp_pmc(pmu, index, M.MSR_IA32_PERFCTR0) or get_fixed_pmc(pmu, index)
+        if pmc is not None:
+            if not host_initiated:
+                # guest writes to the legacy alias are sign-extended from 32 bits
+                data = data & 0xFFFFFFFF
+                if data & 0x80000000:
+                    data |= ~0xFFFFFFFF
+            pmc.counter = (pmc.counter + data - read_pmc(vcpu, pmc)) & pmc_bitmask(pmu, pmc)
+            return
+        pmc = get_gp_pmc(pmu, index, M.MSR_P6_EVNTSEL0)
+        if pmc is not None:
+            if data == pmc.eventsel:
+                return
+            if not data & pmu.reserved_bits:
+                reprogram_gp_counter(vcpu, pmc, data)
+                return
+    raise GuestFault("#GP", msr=index, value=data, reason="reserved bits or read-only MSR")
+
+
+def fixed_ctr_ctrl_reserved(vcpu) -> int:
+    """Reserved FIXED_CTR_CTRL bits (2014 constant; adaptive bits under `icelake`)."""
+    v = FIXED_CTR_CTRL_RESERVED_2014
+    pmu = vcpu.pmu
+    if pmu.nr_arch_fixed_counters > 3:
+        v &= ~(0xB << 12)
+    if vcpu.design.data_cfg and vcpu.host_cpu.adaptive:
+        for i in range(pmu.nr_arch_fixed_counters):
+            v &= ~(1 << (32 + 4 * i))
+    return v
+
+
+# -----------------------------------------------------------------------------
+# set-up from CPUID; reset; destroy
+# -----------------------------------------------------------------------------
+
+def kvm_pmu_cpuid_update(vcpu) -> None:
+    """Size the vPMU from the guest CPUID leaf 0xA (kvm_pmu_cpuid_update).
+
+    The `review` design also derives ``pebs_allowed`` here, from the guest
+    CPUID's DS, DTES64 and PDCM bits (Eric Northup's request).
+    """
+    pmu = vcpu.pmu
+    host = vcpu.host_cpu
+    leaf = vcpu.guest_cpuid.pmu()
+    pmu.version = min(leaf["version"], host.pmu_version, 2 if not vcpu.design.data_cfg else 5)
+    pmu.nr_arch_gp_counters = 0
+    pmu.nr_arch_fixed_counters = 0
+    pmu.global_ctrl_mask = ~0
+    pmu.reserved_bits = EVENTSEL_RESERVED_2014
+    if not pmu.version:
+        pmu.counter_bitmask = (0, 0)
+    else:
+        pmu.nr_arch_gp_counters = min(leaf["num_counters"], host.n_gp)
+        gw = min(leaf["bit_width"], host.width)
+        pmu.nr_arch_fixed_counters = 0
+        fw = 0
+        if pmu.version > 1:
+            pmu.nr_arch_fixed_counters = min(leaf["num_counters_fixed"], host.n_fixed, 3
+                                             if not vcpu.design.data_cfg else host.n_fixed)
+            fw = min(leaf["bit_width_fixed"], host.width)
+        pmu.counter_bitmask = ((1 << gw) - 1, (1 << fw) - 1)
+        ctrl = ((1 << pmu.nr_arch_gp_counters) - 1) | \
+            (((1 << pmu.nr_arch_fixed_counters) - 1) << M.INTEL_PMC_IDX_FIXED)
+        pmu.global_ctrl_mask = ~ctrl & ((1 << 64) - 1)
+        if host.has_tsx:
+            pmu.reserved_bits ^= M.HSW_IN_TX | M.HSW_IN_TX_CHECKPOINTED
+        if vcpu.design.data_cfg and host.adaptive:
+            pmu.reserved_bits &= ~M.ICL_EVENTSEL_ADAPTIVE
+    pmu.gp_counters = [KvmPmc(i, KVM_PMC_GP) for i in range(pmu.nr_arch_gp_counters)]
+    pmu.fixed_counters = [KvmPmc(M.INTEL_PMC_IDX_FIXED + i, KVM_PMC_FIXED)
+                          for i in range(pmu.nr_arch_fixed_counters)]
+    pmu.pebs_allowed = all(vcpu.cpuid_has(f) for f in ("DS", "DTES64", "PDCM")) and \
+        pmu.version > 0
+    pmu.perf_capabilities = guest_perf_capabilities(vcpu)
+
+
+def kvm_pmu_reset(vcpu) -> None:
+    """Stop every counter and clear the control MSRs (kvm_pmu_reset).
+
+    The patch did not touch pebs_enable, ds_area or the pins here; the
+    `fixed` design does.
+    """
+    pmu = vcpu.pmu
+    for pmc in pmu.pmcs():
+        stop_counter(vcpu, pmc)
+        pmc.counter = 0
+        pmc.eventsel = 0
+    pmu.fixed_ctr_ctrl = pmu.global_ctrl = pmu.global_status = pmu.global_ovf_ctrl = 0
+    if vcpu.design.reset_clears_pebs:
+        pebs_pin.kvm_pmu_release_pin(vcpu)
+        pmu.pebs_enable = 0
+        pmu.ds_area = 0
+        pmu.pebs_data_cfg = 0
+
+
+def kvm_pmu_destroy(vcpu) -> None:
+    """Tear down the vPMU: reset, then drop the pins (kvm_pmu_destroy with the patch)."""
+    kvm_pmu_reset(vcpu)
+    pebs_pin.kvm_pmu_release_pin(vcpu)
