@@ -27,7 +27,7 @@ lab: $(STAMP)
 
 ## The whole suite: unit + property tests, notebooks, then the unit tests again in pure Python.
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests notebooks --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg
 	NUMBA_DISABLE_JIT=1 $(PY) -m pytest -q -p no:cacheprovider -m "not notebook and not slow" tests --ignore=tests/test_notebooks.py
 
 bench: $(STAMP)

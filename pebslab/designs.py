@@ -35,6 +35,9 @@ class Design:
     #: track writes to the guest page-table pages that map DS and buffer
     #: (KVM page tracking) and re-pin when the guest remaps them
     track_guest_page_tables: bool = False
+    #: also pin the guest page-table pages the CPU walks to reach DS and buffer
+    #: (the assist translates through them; the patch pins only the data pages)
+    pin_page_tables: bool = False
     #: pin failure: "ignore" (printk_once, PEBS stays enabled) or "gp" (refuse)
     pin_failure: str = "ignore"
     # --- MSR checks -----------------------------------------------------------------
@@ -97,7 +100,7 @@ PATCH = Design()
 REVIEW = replace(PATCH, name="review", pebs_msrs_gate="guest_cpuid")
 FIXED = replace(
     REVIEW, name="fixed", pin="fixed", pin_limit=33, repin_on_ds_area_write=True,
-    track_guest_page_tables=True, pin_failure="gp", pebs_enable_mask="model",
+    track_guest_page_tables=True, pin_page_tables=True, pin_failure="gp", pebs_enable_mask="model",
     ds_area_canonical_check=True, reset_clears_pebs=True, ds_area_clear_on_zero=True,
     autoload_full="disable_pebs", dirty_log_skips_pinned=True,
 )
@@ -121,6 +124,8 @@ FIXES = {
                               "pins and leaves the new area unpinned)",
     "track_guest_page_tables": "write-track the guest page-table pages that map DS and buffer and "
                                "re-pin when the guest remaps them",
+    "pin_page_tables": "pin the guest page-table pages the PEBS assist walks; the patch pins "
+                       "only the data pages, so reclaiming a page-table page crashes the guest",
     "pin_failure": "a failed pin refuses PEBS_ENABLE (#GP) instead of leaving PEBS on over "
                    "unpinned memory",
     "pebs_enable_mask": "PEBS_ENABLE accepts only the CPU's PEBS-capable counters",

@@ -196,6 +196,19 @@ def kvm_pmu_pebs_pin_fixed(vcpu) -> bool:
                                 f"limit {vcpu.design.pin_limit}: refused")
         return False
     pinned = []
+    if vcpu.design.pin_page_tables:
+        table_gfns = []
+        for gva in pages:
+            for gfn in vcpu.vm.table_gfns(vcpu.cr3, gva):
+                if gfn not in table_gfns:
+                    table_gfns.append(gfn)
+        for gfn in table_gfns:
+            hfn = vcpu.gfn_to_pfn(gfn)
+            if hfn is None:
+                continue
+            vcpu.trace("PIN", gpa=gfn << 12, hpa=hfn << 12, frame=hfn,
+                       info=f"get_page(frame {hfn}) for a guest page-table page")
+            pinned.append(hfn)
     for gva in pages:
         hfn = get_guest_page(vcpu, gva)
         if hfn is None:
