@@ -5,10 +5,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
-export MPLBACKEND ?= Agg
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: lab test test-unit test-nojit test-notebooks bench fuzz figures clean
+.PHONY: lab test bench fuzz clean
 
 $(STAMP): pyproject.toml
 	@if ! command -v uv >/dev/null 2>&1 && ! $(PYTHON) -m uv --version >/dev/null 2>&1; then \
@@ -30,8 +29,14 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests notebooks --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg
 	NUMBA_DISABLE_JIT=1 $(PY) -m pytest -q -p no:cacheprovider -m "not notebook and not slow" tests --ignore=tests/test_notebooks.py
 
+## Benchmarks (print JSON): core speed, start-up, explorer callbacks.
 bench: $(STAMP)
 	$(PY) bench/bench_core.py
+	$(PY) bench/bench_explorers.py
+
+## Long property campaigns over every design and CPU model (>= 100,000 actions).
+fuzz: $(STAMP)
+	$(PY) -m pebslab.fuzz --actions 100000 --profile long
 
 clean:
 	rm -rf $(VENV) .numba_cache .pytest_cache .hypothesis

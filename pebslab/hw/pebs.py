@@ -183,8 +183,9 @@ DS_SIZE = DS_AREA_DTYPE.itemsize
 #: Bytes of DS area the 2014 patch copies when it pins the DS page.
 #: The patch declares its own ``struct debug_store`` with only 4 reset slots,
 #: so it reads 0x40 + 4 * 8 = 0x60 (96) bytes: enough for PMC0..3, which is
-#: all Silvermont needs (PEBS on PMC0 only). Taken from the project brief;
-#: the patch's text for this struct is UNVERIFIED in FACTS.md (section e).
+#: all Silvermont needs (PEBS on PMC0 only). Source: the struct debug_store
+#: the patch adds to arch/x86/kvm/pmu.c (the course's seed document: eight
+#: u64 fields and ``pebs_event_reset[4]``).
 DS_SIZE_PATCH = 0x60
 
 

@@ -113,7 +113,8 @@ def kvm_pmu_pebs_pin(vcpu) -> list[int]:
     ds = _unpack_ds(raw)
     pmu.pin_view = {"ds": ds}
     addr = ds["pebs_buffer_base"]
-    while addr < ds["pebs_absolute_maximum"] and len(pmu.pinned_pages) < MAX_PINNED_PAGES:
+    limit = vcpu.design.pin_limit          # MAX_PINNED_PAGES = 17 in the patch
+    while addr < ds["pebs_absolute_maximum"] and len(pmu.pinned_pages) < limit:
         page = get_guest_page(vcpu, addr)
         if page is None:
             vcpu.trace("NOTE", gva=addr, info=(
