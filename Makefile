@@ -7,6 +7,10 @@ STAMP := $(VENV)/.installed-stamp
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
+# the layer unit tests, run a second time as pure Python (numba disabled)
+UNIT_TESTS = tests/test_hw_*.py tests/test_host_*.py tests/test_guest_*.py \
+             tests/test_workloads.py tests/test_baremetal.py
+
 .PHONY: lab test bench fuzz clean
 
 $(STAMP): pyproject.toml
@@ -27,7 +31,7 @@ lab: $(STAMP)
 ## The whole suite: unit + property tests, notebooks, then the unit tests again in pure Python.
 test: $(STAMP)
 	$(PY) -m pytest -q tests notebooks --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg
-	NUMBA_DISABLE_JIT=1 $(PY) -m pytest -q -p no:cacheprovider -m "not notebook and not slow" tests --ignore=tests/test_notebooks.py
+	NUMBA_DISABLE_JIT=1 $(PY) -m pytest -q -p no:cacheprovider -m "not slow" $(UNIT_TESTS)
 
 ## Benchmarks (print JSON): core speed, start-up, explorer callbacks.
 bench: $(STAMP)
