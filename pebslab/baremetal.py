@@ -35,6 +35,7 @@ from .hw import core as C
 from .hw import cpuid as cpuid_mod
 from .hw.mmu import PAGE_SIZE
 from .hw.models import CpuModel, get_model
+from .hw.msr import msr_name
 from .trace import Trace
 
 __all__ = [
@@ -90,6 +91,21 @@ class RunResult:
     cycles: int
     pmis: int
     exits: dict = field(default_factory=dict)
+
+    @property
+    def guest_cycles(self) -> int:
+        """Alias of ``cycles`` (the name the KVM VM's RunResult uses)."""
+        return self.cycles
+
+    @property
+    def pmis_injected(self) -> int:
+        """Alias of ``pmis`` (the name the KVM VM's RunResult uses)."""
+        return self.pmis
+
+    @property
+    def crashed(self) -> bool:
+        """Always False: nothing here crashes a run without raising."""
+        return False
 
     def __str__(self) -> str:
         ex = ", ".join(f"{k} {v}" for k, v in sorted(self.exits.items()))
@@ -165,7 +181,7 @@ class BareVCPU:
         except GuestFault as f:
             self._trace("GP", msr=index, info=f"RDMSR: {f.reason}")
             raise
-        self._trace("MSR_READ", msr=index, value=value, cost=RDMSR_CYCLES)
+        self._trace("MSR_READ", msr=index, value=value, cost=RDMSR_CYCLES, info=msr_name(index))
         return value
 
     def wrmsr(self, index: int, value: int) -> None:
@@ -175,7 +191,7 @@ class BareVCPU:
         except GuestFault as f:
             self._trace("GP", msr=index, value=value, info=f"WRMSR: {f.reason}")
             raise
-        self._trace("MSR_WRITE", msr=index, value=value, cost=WRMSR_CYCLES)
+        self._trace("MSR_WRITE", msr=index, value=value, cost=WRMSR_CYCLES, info=msr_name(index))
 
     def cpuid(self, function: int) -> tuple[int, int, int, int]:
         """CPUID: return (eax, ebx, ecx, edx) of a leaf as the CPU reports it."""
@@ -268,15 +284,17 @@ class BareMetal:
         shows); a PEBS fault (a page fault during the assist: the guest's
         own bug) loses the record and the run goes on. The budget is exact:
         retired instructions are counted from the core's R_RETIRED register.
-        A new workload starts at its first instruction.
+        A different workload starts at its first instruction; running the
+        same one again continues where it stopped.
         """
         instructions = _check_int("instructions", instructions, 0, 1 << 62)
         if len(workload) == 0:
             raise ValueError("workload must have at least one instruction")
         core = self.core
         if workload is not self.workload:
-            core.regs[C.R_RIP] = np.uint64(0)
-        self.workload = workload
+            if self.workload is None or self.workload != workload:
+                core.regs[C.R_RIP] = np.uint64(0)
+            self.workload = workload
         vcpu = self.vcpus[0]
         regs = core.regs
         start_retired = int(regs[C.R_RETIRED])

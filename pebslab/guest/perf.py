@@ -221,7 +221,11 @@ class PmuInfo:
         if self.perf_cap_gp:
             parts.append("RDMSR IA32_PERF_CAPABILITIES raised #GP")
         elif self.has_pdcm:
-            parts.append(f"PEBS format {self.pebs_format}")
+            fmt_ok = self.pebs_format in P.PEBS_FORMATS
+            parts.append(f"PEBS format {self.pebs_format}"
+                         + ("" if fmt_ok else " unknown (\"no PEBS fmt\" in intel_ds_init())"))
+            if fmt_ok and self.has_ds and self.has_dtes64:
+                parts.append(f"no PEBS-capable counter among {self.num_counters} GP counters")
         return ", ".join(parts)
 
     def summary(self) -> str:
@@ -680,11 +684,12 @@ class GuestPerf:
 
     def _need_pmu(self) -> PmuInfo:
         info = self.probe()
-        if info.version < 2 or info.num_counters == 0:
+        if info.version < 2 or info.num_counters == 0 or info.cntval_bits < 32:
             raise PerfOpenError(
                 f"no usable architectural PMU (CPUID.0AH version {info.version}, "
-                f"{info.num_counters} GP counters): pebslab's guest driver needs "
-                "architectural perfmon v2+; Linux would fall back to software events")
+                f"{info.num_counters} GP counters of {info.cntval_bits} bits): pebslab's guest "
+                "driver needs architectural perfmon v2+ with counters of at least 32 bits; "
+                "Linux would fall back to software events")
         return info
 
     # --- counter scheduling ----------------------------------------------------

@@ -98,6 +98,8 @@ class GuestPhys:
                              f"(the VM's memory); got {gpa:#x}")
         entry = int(self.vm.ept[gfn])
         if not entry & EPT_R:
+            if self.vm.vcpus:
+                self.vm.vcpus[0]._exit("EPT_VIOLATION", self.vm.costs.vmexit, gpa=gpa)
             self.vm.handle_ept_violation(gpa, source="guest software")
             entry = int(self.vm.ept[gfn])
         return (entry & EPT_ADDR_MASK) | (gpa & (PAGE - 1))
@@ -418,7 +420,6 @@ class VM:
         if not 0 <= gfn < self.memory_pages:
             self.crash(f"EPT violation outside guest memory at gpa {gpa:#x} ({source})")
             return
-        self.exit_counts["EPT_VIOLATION"] = self.exit_counts.get("EPT_VIOLATION", 0) + 1
         self.fault_in(gfn, why=f"EPT violation ({source})")
 
     def gva_to_gpa(self, cr3: int, gva: int, write: bool = False) -> int:
