@@ -23,7 +23,7 @@ def execute(path: Path) -> float:
     t0 = time.perf_counter()
     client = NotebookClient(nb, timeout=600, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}},
-                            store_widget_state=False)
+                            store_widget_state=True)
     client.execute()
     nb.metadata.pop("widgets", None)
     n = 0
