@@ -142,14 +142,19 @@ def test_ds_area_straddling_two_pages_is_pinned_twice():
 def test_reclaim_skips_pinned_frames_and_unpinned_page_crashes_patch_guest_only():
     host, vm, guest = make("patch", frames=4096)
     other = host.create_vm(design="patch", memory_pages=256)
-    st = S.manual_pebs(guest, buf_offset=2048)   # last buffer page unpinned
+    # one record per hot load; no PMI before the buffer is full
+    st = S.manual_pebs(guest, buf_offset=2048, period=1, threshold_records=65536)
     pinned = list(vm.kvm.pmu.pinned_pages)
     host.reclaim(10_000)                           # everything that can go, goes
     assert all(host.mm.owner[f] == vm.id for f in pinned)
-    res = vm.run(HOT, 200_000_000)
-    # the buffer fills up to its last (unpinned, now swapped) page, then the
-    # PEBS assist takes an EPT violation Silvermont cannot handle
+    st.debug_store()          # the guest touches its DS: its page tables come back in
+    res = vm.run(HOT, 2_000_000)
+    # the records fill the pinned pages, then reach the last (unpinned, swapped)
+    # page of the unaligned buffer: an EPT violation Silvermont cannot handle
     assert res.crashed and vm.crashed and "PEBS assist" in vm.crash_reason
+    fault = vm.trace.of("PEBS_FAULT")
+    last_page = (st.absolute_maximum - 1) & ~0xFFF
+    assert len(fault) == 1 and int(fault["gva"][0]) & ~0xFFF == last_page
     assert len(vm.trace.of("GUEST_CRASH")) == 1
     # the other VM is unaffected
     assert not other.crashed

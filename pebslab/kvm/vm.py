@@ -645,7 +645,7 @@ class VM:
         gva = int(v.core.regs[C.R_EXIT_GVA])
         gpa = int(v.core.regs[C.R_EXIT_GPA])
         what = "an EPT violation" if code == XLATE_EPT else "a guest page fault"
-        self.crash(f"PEBS assist took {what} writing gva {gva:#x} (gpa {gpa:#x}); "
+        self.crash(f"PEBS assist took {what} accessing gva {gva:#x} (gpa {gpa:#x}); "
                    f"{self.cpu.name} cannot deliver faults from a PEBS assist, so the "
                    f"record is lost and the vCPU cannot continue")
 
