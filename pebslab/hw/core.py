@@ -10,7 +10,8 @@ cycle. Each retired instruction produces a small vector of event counts
 (cycles, instructions, loads, ...). A GP counter counts the event its
 IA32_PERFEVTSELx selects when EN and its GLOBAL_CTRL bit are set and the
 privilege filter (USR/OS) matches the instruction's CPL; CMASK/INV/EDGE are
-applied per cycle, with an instruction's events arriving in its last cycle.
+applied per cycle, with an instruction's events arriving in its last cycle
+(the cycle events tick once in every cycle), see :func:`_count_inc`.
 A counter that wraps past 2**width - 1 sets its GLOBAL_STATUS bit. If PEBS is
 enabled for it (and the model allows PEBS there) a PEBS assist runs after the
 instruction retires (trap-like): the record goes to ``pebs_index`` through the
@@ -18,9 +19,21 @@ guest page tables and EPT, the index advances, the counter reloads from
 ``pebs_event_reset``, and reaching the interrupt threshold sets bit 62 and
 raises a PMI at once. Otherwise, with INT set, a PMI arrives after a seeded
 skid of a few instructions.
+
+The loop steps one instruction at a time only where something can happen:
+a stretch in which no counter can wrap, no skid ends and no timer fires is
+retired at once from per-workload prefix sums (:func:`event_prefix`), with
+the same result; ``Core.fast_forward = False`` turns that off.
+
+``Core.run(..., jit=False)`` runs the same source as plain Python: the loop
+and every helper it calls (``.py_func`` of each, rebound together by
+:func:`python_twin`), the reference the tests compare the compiled loop with.
 """
 
 from __future__ import annotations
+
+import sys
+import types
 
 import numpy as np
 
@@ -71,7 +84,7 @@ NREGS = 64
 
 # ---- model parameter slots (params is an int64 array) ----------------------
 P_NGP, P_NFIXED, P_WIDTH, P_PEBS_FMT, P_PEBS_MASK, P_PEBS_FIXED_MASK, P_PEBS_EPT, \
-    P_SKID_MIN, P_SKID_MAX, P_PEBS_TRAP, P_REC_SIZE, P_HAS_TSX = range(12)
+    P_SKID_MIN, P_SKID_MAX, P_PEBS_TRAP, P_REC_SIZE, P_HAS_TSX, P_FAST_FORWARD = range(13)
 NPARAMS = 16
 
 # ---- exit reasons ------------------------------------------------------------
@@ -91,7 +104,10 @@ LOG_PMI = 4             # a=GLOBAL_STATUS, b=instr index of the interrupted IP, 
 LOG_PEBS_DROP = 5       # a=pebs_index, b=abs max, c=size, d=applicable
 LOG_COLS = 6
 LOG_CAPACITY = 4096
-LOG_SLACK = 8           # exit with EXIT_LOG_FULL before fewer rows remain
+# Exit with EXIT_LOG_FULL while at least this many rows are free. One
+# instruction logs at most 15 rows: 12 overflows (8 GP + 4 fixed counters),
+# a PEBS write or drop, a fault while reloading, and one PMI.
+LOG_SLACK = 16
 
 # Workload instruction kinds (kept equal to pebslab.workloads.KIND_*)
 KIND_ALU, KIND_LOAD, KIND_STORE, KIND_BRANCH, KIND_DIV = 0, 1, 2, 3, 4
@@ -145,15 +161,23 @@ def _as_i64(x):
 
 
 @njit(cache=True)
-def _count_inc(n, cycles, cmask, inv, edge, prev):
+def _count_inc(n, n_each, cycles, cmask, inv, edge, prev):
     """Apply CMASK/INV/EDGE to one instruction; return (increment, new edge state).
 
-    Per-cycle view: the instruction's ``n`` events arrive in its last cycle,
-    the ``cycles - 1`` cycles before it carry none.
+    Per-cycle view (SDM Vol. 3B, IA32_PERFEVTSELx): the instruction takes
+    ``cycles`` cycles; ``n`` events arrive in its last cycle and ``n_each``
+    in each cycle before it (0 for most events; 1 for the cycle events,
+    which tick once every cycle). With CMASK = 0 the counter adds every
+    event and the SDM says INV is then ignored; EDGE is ignored too
+    (ASSUMPTION: the SDM defines edge detect on the CMASK condition only).
+    With CMASK > 0 each cycle whose event count is >= CMASK (< CMASK with
+    INV) adds 1; with EDGE only a cycle where that condition becomes true
+    after a cycle where it was false adds 1 (``prev``: the condition in the
+    previous counted cycle).
     """
-    if cmask == 0 and not inv:
-        return n, prev
-    cond0 = (0 >= cmask) != inv
+    if cmask == 0:
+        return n + n_each * (cycles - 1), prev
+    cond0 = (n_each >= cmask) != inv
     cond1 = (n >= cmask) != inv
     if edge:
         inc = 0
@@ -174,17 +198,43 @@ def _count_inc(n, cycles, cmask, inv, edge, prev):
 
 
 @njit(cache=True)
+def _event_last(ev, kind, lat, llc, misp):
+    """Events of internal id ``ev`` an instruction signals in its last cycle.
+
+    pebslab only: the per-instruction activity vector of the model, one
+    entry at a time (the cycle events add one in every cycle: see
+    _count_inc; their last-cycle share is this 1).
+    """
+    if ev == EV_INST or ev == EV_CYCLES or ev == EV_REF_CYCLES:
+        return 1
+    if ev == EV_LOADS:
+        return 1 if kind == KIND_LOAD else 0
+    if ev == EV_STORES:
+        return 1 if kind == KIND_STORE else 0
+    if ev == EV_BRANCHES:
+        return 1 if kind == KIND_BRANCH else 0
+    if ev == EV_BR_MISP:
+        return 1 if (kind == KIND_BRANCH and misp != 0) else 0
+    if ev == EV_LLC_MISS:
+        return 1 if (kind == KIND_LOAD and llc != 0) else 0
+    if ev == EV_LLC_REF:
+        return 1 if (kind == KIND_LOAD and (llc != 0 or lat >= LLC_REF_LATENCY)) else 0
+    return 0
+
+
+@njit(cache=True)
 def _guest_rw_u64(mem, ept, cr3, tlb, gva, value, write):
     """Read (write=False) or write one u64 at a guest virtual address, as the assist does.
 
-    Returns (code, gpa, hpa, info, value_read). Supervisor access.
+    Returns (code, gpa, hpa, info, value_read); gpa and hpa are int64 as
+    translate returns them, ``gva`` and the values are uint64. Supervisor
+    access. An access that straddles two pages translates each byte.
     """
     code, gpa, hpa, info = translate(mem, ept, cr3, gva, write, False, tlb)
     if code != XLATE_OK:
         return code, gpa, hpa, info, U64(0)
-    page_left = 4096 - np.int64(hpa & U64(4095))
-    if page_left < 8:
-        # straddles two pages: go byte by byte for the tail
+    base = np.int64(hpa)
+    if 4096 - (base & 4095) < 8:
         out = U64(0)
         for k in range(8):
             c2, g2, h2, i2 = translate(mem, ept, cr3, gva + U64(k), write, False, tlb)
@@ -194,16 +244,15 @@ def _guest_rw_u64(mem, ept, cr3, tlb, gva, value, write):
                 mem[np.int64(h2)] = np.uint8((value >> U64(8 * k)) & U64(0xFF))
             else:
                 out |= U64(mem[np.int64(h2)]) << U64(8 * k)
-        return XLATE_OK, gpa, hpa, 0, out
-    base = np.int64(hpa)
+        return XLATE_OK, gpa, hpa, info, out
     if write:
         for k in range(8):
             mem[base + k] = np.uint8((value >> U64(8 * k)) & U64(0xFF))
-        return XLATE_OK, gpa, hpa, 0, U64(0)
+        return XLATE_OK, gpa, hpa, info, U64(0)
     out = U64(0)
     for k in range(8):
         out |= U64(mem[base + k]) << U64(8 * k)
-    return XLATE_OK, gpa, hpa, 0, out
+    return XLATE_OK, gpa, hpa, info, out
 
 
 @njit(cache=True)
@@ -234,22 +283,29 @@ def _pebs_assist(regs, params, mem, ept, tlb, log, rec, w_ip, w_kind, w_addr, w_
     width = params[P_WIDTH]
     cmask = (U64(1) << U64(width)) - U64(1)
 
-    # 1. read the DS fields the assist needs
-    vals = np.zeros(4, np.uint64)
+    # 1. read the DS fields the assist needs (buffer base, index, max, threshold)
+    index = U64(0)
+    absmax = U64(0)
+    thresh = U64(0)
     for k in range(4):
         gva = ds + U64(DS_PEBS_BASE + 8 * k)
         code, gpa, hpa, info, v = _guest_rw_u64(mem, ept, cr3, tlb, gva, U64(0), False)
         if code != XLATE_OK:
             return _pebs_fault(regs, params, log, gva, gpa, code, info)
-        vals[k] = v
-    index = vals[1]
-    absmax = vals[2]
-    thresh = vals[3]
+        if k == 1:
+            index = v
+        elif k == 2:
+            absmax = v
+        elif k == 3:
+            thresh = v
 
+    kind = w_kind[evt]
+    is_load = kind == KIND_LOAD
+    is_mem = is_load or kind == KIND_STORE
     # 2. build the record
     n = 0
     if fmt >= 4:
-        cfg = regs[R_PEBS_DATA_CFG]
+        cfg = regs[R_PEBS_DATA_CFG] & U64(0xFF00000F)
         adaptive = False
         for j in range(8):
             if (pending >> U64(j)) & U64(1):
@@ -259,7 +315,9 @@ def _pebs_assist(regs, params, mem, ept, tlb, log, rec, w_ip, w_kind, w_addr, w_
             if (pending >> U64(32 + j)) & U64(1):
                 if (regs[R_FIXED_CTR_CTRL] >> U64(32 + 4 * j)) & U64(1):
                     adaptive = True
-        groups = (cfg & U64(0xF)) if adaptive else U64(0)
+        # FACTS a.3: the low bits of word 0 are 0 when no producing counter
+        # asked for an adaptive record, else the value of MSR_PEBS_DATA_CFG
+        groups = cfg if adaptive else U64(0)
         nlbr = np.int64((cfg >> U64(24)) & U64(0xFF)) + 1
         size = 32
         if groups & U64(1):
@@ -278,8 +336,8 @@ def _pebs_assist(regs, params, mem, ept, tlb, log, rec, w_ip, w_kind, w_addr, w_
         n = 4
         if groups & U64(1):
             rec[n] = w_addr[evt]
-            rec[n + 1] = _data_source(w_lat[evt], w_llc[evt])
-            rec[n + 2] = U64(w_lat[evt])
+            rec[n + 1] = _data_source(w_lat[evt], w_llc[evt]) if is_load else U64(0)
+            rec[n + 2] = U64(w_lat[evt]) if is_load else U64(0)
             rec[n + 3] = U64(0)
             n += 4
         if groups & U64(2):
@@ -327,11 +385,9 @@ def _pebs_assist(regs, params, mem, ept, tlb, log, rec, w_ip, w_kind, w_addr, w_
                 rec[18] = pending                   # applicable counters
             else:
                 rec[18] = regs[R_GLOBAL_STATUS]     # GLOBAL_STATUS before the assist
-            kind = w_kind[evt]
-            is_mem = kind == KIND_LOAD or kind == KIND_STORE
             rec[19] = w_addr[evt] if is_mem else U64(0)                 # dla
-            rec[20] = _data_source(w_lat[evt], w_llc[evt]) if kind == KIND_LOAD else U64(0)
-            rec[21] = U64(w_lat[evt]) if kind == KIND_LOAD else U64(0)  # lat
+            rec[20] = _data_source(w_lat[evt], w_llc[evt]) if is_load else U64(0)
+            rec[21] = U64(w_lat[evt]) if is_load else U64(0)            # lat
             n = 22
         if fmt >= 2:
             rec[22] = w_ip[evt]                     # real_ip: the eventing IP
@@ -347,21 +403,20 @@ def _pebs_assist(regs, params, mem, ept, tlb, log, rec, w_ip, w_kind, w_addr, w_
         regs[R_PEBS_DROPPED] += U64(1)
         _log(log, regs, LOG_PEBS_DROP, _as_i64(index), _as_i64(absmax), size, _as_i64(pending))
     else:
-        first_hpa = U64(0)
+        first_hpa = np.int64(0)
         for k in range(n):
             gva = index + U64(8 * k)
             code, gpa, hpa, info, v = _guest_rw_u64(mem, ept, cr3, tlb, gva, rec[k], True)
             if code != XLATE_OK:
                 return _pebs_fault(regs, params, log, gva, gpa, code, info)
             if k == 0:
-                first_hpa = hpa
+                first_hpa = np.int64(hpa)
         gva = ds + U64(DS_PEBS_INDEX)
         code, gpa, hpa, info, v = _guest_rw_u64(mem, ept, cr3, tlb, gva, index + U64(size), True)
         if code != XLATE_OK:
             return _pebs_fault(regs, params, log, gva, gpa, code, info)
         regs[R_ASSISTS] += U64(1)
-        _log(log, regs, LOG_PEBS_WRITE, _as_i64(index), _as_i64(first_hpa), size,
-             _as_i64(pending))
+        _log(log, regs, LOG_PEBS_WRITE, _as_i64(index), first_hpa, size, _as_i64(pending))
         index = index + U64(size)
 
     # 4. reload the counters from the DS reset slots
@@ -386,9 +441,9 @@ def _pebs_assist(regs, params, mem, ept, tlb, log, rec, w_ip, w_kind, w_addr, w_
 @njit(cache=True)
 def _pebs_fault(regs, params, log, gva, gpa, code, info):
     regs[R_EXIT_GVA] = gva
-    regs[R_EXIT_GPA] = gpa
+    regs[R_EXIT_GPA] = U64(gpa)
     regs[R_EXIT_INFO] = U64(code * 256 + info)
-    _log(log, regs, LOG_PEBS_FAULT, _as_i64(gva), _as_i64(gpa), code, info)
+    _log(log, regs, LOG_PEBS_FAULT, _as_i64(gva), np.int64(gpa), np.int64(code), np.int64(info))
     if code == XLATE_EPT and params[P_PEBS_EPT] != 0:
         return EXIT_EPT_VIOLATION      # EPT-friendly PEBS: the assist stays pending
     regs[R_PEBS_PENDING] = U64(0)      # the record is lost
@@ -396,12 +451,122 @@ def _pebs_fault(regs, params, log, gva, gpa, code, info):
 
 
 @njit(cache=True)
+def _schedule_pmi(regs, params, gbit):
+    """An INT counter overflowed: start the skid countdown (if none runs) and note the cause.
+
+    The countdown is skid + 1 because the run loop decrements it once after
+    the overflowing instruction itself; the PMI is taken after ``skid``
+    more instructions retire, skid uniform in [skid_min, skid_max].
+    """
+    if regs[R_SKID] == U64(0):
+        span = params[P_SKID_MAX] - params[P_SKID_MIN] + 1
+        regs[R_PRNG] += U64(1)
+        r = _splitmix(regs[R_PRNG])
+        regs[R_SKID] = U64(params[P_SKID_MIN] + 1) + r % U64(span)
+    regs[R_PMI_CAUSE] |= _bit(gbit)
+
+
+@njit(cache=True)
+def _overflow(regs, params, log, slot, gbit, v, cmask_w, i, ip, arm_pebs, pmi):
+    """Counter ``gbit`` (GLOBAL bit layout) wrapped: status bit, log row, PEBS or PMI."""
+    regs[slot] = v & cmask_w
+    regs[R_GLOBAL_STATUS] |= _bit(gbit)
+    _log(log, regs, LOG_OVERFLOW, gbit, i, ip, 0)
+    if arm_pebs:
+        if regs[R_PEBS_PENDING] == U64(0):
+            regs[R_PEBS_EVT] = U64(i)
+        regs[R_PEBS_PENDING] |= _bit(gbit)
+    elif pmi:
+        _schedule_pmi(regs, params, gbit)
+
+
+@njit(cache=True)
+def _assist_exit(regs, params, mem, ept, tlb, log, rec, w_ip, w_kind, w_addr, w_lat,
+                 w_cycles, w_llc, nxt):
+    """Run the pending PEBS assist; return the exit reason it forces, or -1."""
+    r = _pebs_assist(regs, params, mem, ept, tlb, log, rec, w_ip, w_kind, w_addr, w_lat,
+                     w_cycles, w_llc, nxt)
+    if r >= 0:
+        if r == EXIT_PMI:
+            _log(log, regs, LOG_PMI, _as_i64(regs[R_GLOBAL_STATUS]), nxt,
+                 _as_i64(w_ip[nxt]), np.int64(1) << 62)
+            regs[R_PMI_COUNT] += U64(1)
+        regs[R_EXIT_REASON] = U64(r)
+    return r
+
+
+@njit(cache=True)
+def event_prefix(w_kind, w_cpl, w_cycles, w_lat, w_llc, w_misp):
+    """Prefix sums of every event over a workload, per privilege filter; and the LBR index.
+
+    pebslab only (the simulator's fast-forward table). ``pre[ev, r, p]`` is
+    what a CMASK = 0 counter of event ``ev`` adds over instructions 0..p-1
+    when it counts in rings ``r + 1`` (1: CPL 0 only, 2: CPL > 0 only, 3:
+    both); ``pre[EV_CYCLES, 2]`` is the TSC's advance. ``lbr_last[p]`` is
+    the last instruction at or before ``p`` that updates the LBR (a branch,
+    or the last instruction, which jumps back to the first), or -1.
+    Built from the same per-instruction rule as the stepping loop.
+    """
+    L = w_kind.shape[0]
+    pre = np.zeros((N_EVENTS, 3, L + 1), np.int64)
+    lbr_last = np.empty(L, np.int64)
+    last = -1
+    for q in range(L):
+        kind = w_kind[q]
+        cyc = np.int64(w_cycles[q])
+        ring = 1 if w_cpl[q] == 0 else 2
+        if kind == KIND_BRANCH or q == L - 1:
+            last = q
+        lbr_last[q] = last
+        for ev in range(N_EVENTS):
+            inc = 0
+            if ev != EV_NONE:
+                each = 1 if (ev == EV_CYCLES or ev == EV_REF_CYCLES) else 0
+                inc = _event_last(ev, kind, w_lat[q], w_llc[q], w_misp[q]) + each * (cyc - 1)
+            for r in range(3):
+                pre[ev, r, q + 1] = pre[ev, r, q] + (inc if ((r + 1) & ring) else 0)
+    return pre, lbr_last
+
+
+@njit(cache=True)
+def _span(row, i, kmax, room):
+    """Largest k <= kmax with row[i + k] - row[i] <= room (row is non-decreasing)."""
+    base = row[i]
+    if row[i + kmax] - base <= room:
+        return kmax
+    lo = 0                  # row[i + lo] - base <= room always holds (0 <= room)
+    hi = kmax               # row[i + hi] - base > room
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if row[i + mid] - base <= room:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+@njit(cache=True)
 def core_run(regs, params, evmap, w_ip, w_kind, w_cpl, w_addr, w_lat, w_cycles, w_llc,
-             w_misp, mem, ept, tlb, log, rec, budget):
+             w_misp, mem, ept, tlb, log, rec, budget, pre, lbr_last):
     """Run up to ``budget`` instructions; return the exit reason.
 
     pebslab only: the guest's instructions retiring on the physical core in
     VMX non-root operation. All state is in the arrays; nothing else changes.
+
+    The control MSRs (event selects, FIXED_CTR_CTRL, GLOBAL_CTRL,
+    PEBS_ENABLE) cannot change while the loop runs (only software writes
+    them, between runs), so they are decoded once, into small per-counter
+    arrays of the counters that can count at all; the per-instruction work
+    is then a short loop over those.
+
+    Fast-forward (``params[P_FAST_FORWARD]``, on by default): when every
+    counting GP counter has CMASK = 0, the loop finds with ``pre`` (see
+    :func:`event_prefix`) how many of the next instructions retire with
+    nothing to report -- no counter wraps, the skid countdown does not
+    reach 0, the TSC stays below the timer deadline, the trace does not
+    wrap -- and retires them at once, with the same register state the
+    instruction-by-instruction loop would leave. The instruction where
+    something happens is then stepped normally.
     """
     L = w_ip.shape[0]
     ngp = params[P_NGP]
@@ -409,56 +574,165 @@ def core_run(regs, params, evmap, w_ip, w_kind, w_cpl, w_addr, w_lat, w_cycles, 
     width = params[P_WIDTH]
     cmask_w = (U64(1) << U64(width)) - U64(1)
     pebs_ok = U64(params[P_PEBS_MASK]) | (U64(params[P_PEBS_FIXED_MASK]) << U64(32))
+    gctrl = regs[R_GLOBAL_CTRL]
+    pebs_en = regs[R_PEBS_ENABLE]
+    all_ones = U64(0xFFFFFFFFFFFFFFFF)
 
-    # decode the event selects once: the "hardware decoder"
-    ev_of = np.zeros(8, np.int64)
-    ev_pebs = np.zeros(8, np.bool_)
+    # --- decode the controls once: the "hardware decoder"
+    # GP counter k of the active list: counter index, event id, rings it
+    # counts in (bit 0: CPL 0, bit 1: CPL > 0), CMASK, INV, EDGE, simple
+    # (CMASK = 0), PEBS armed, PMI on overflow.
+    g_idx = np.zeros(8, np.int64)
+    g_ev = np.zeros(8, np.int64)
+    g_ring = np.zeros(8, np.int64)
+    g_cmask = np.zeros(8, np.int64)
+    g_inv = np.zeros(8, np.bool_)
+    g_edge = np.zeros(8, np.bool_)
+    g_simple = np.zeros(8, np.bool_)
+    g_pebs = np.zeros(8, np.bool_)
+    g_int = np.zeros(8, np.bool_)
+    ng = 0
     for j in range(ngp):
-        code = np.int64(regs[R_EVTSEL0 + j] & U64(0xFFFF))
-        ev_of[j] = EV_NONE
+        sel = regs[R_EVTSEL0 + j]
+        if not ((sel >> U64(22)) & U64(1)) or not ((gctrl >> U64(j)) & U64(1)):
+            continue
+        if (sel >> U64(32)) & U64(1):
+            continue        # IN_TX: counts only inside transactions, and the model has none
+        ev = EV_NONE
+        evp = False
+        code = np.int64(sel & U64(0xFFFF))
         for r in range(evmap.shape[0]):
             if evmap[r, 0] == code:
-                ev_of[j] = evmap[r, 1]
-                ev_pebs[j] = evmap[r, 2] != 0
+                ev = evmap[r, 1]
+                evp = evmap[r, 2] != 0
                 break
-    counts = np.zeros(N_EVENTS, np.int64)
+        ring = 0
+        if (sel >> U64(17)) & U64(1):
+            ring |= 1
+        if (sel >> U64(16)) & U64(1):
+            ring |= 2
+        if ring == 0:
+            continue
+        g_idx[ng] = j
+        g_ev[ng] = ev
+        g_ring[ng] = ring
+        g_cmask[ng] = np.int64((sel >> U64(24)) & U64(0xFF))
+        g_inv[ng] = ((sel >> U64(23)) & U64(1)) != U64(0)
+        g_edge[ng] = ((sel >> U64(18)) & U64(1)) != U64(0)
+        g_simple[ng] = g_cmask[ng] == 0
+        g_pebs[ng] = (((pebs_en >> U64(j)) & U64(1)) != U64(0)
+                      and ((pebs_ok >> U64(j)) & U64(1)) != U64(0) and evp)
+        g_int[ng] = ((sel >> U64(20)) & U64(1)) != U64(0)
+        ng += 1
+    ff = params[P_FAST_FORWARD] != 0
+    for k in range(ng):
+        if not g_simple[k]:
+            ff = False          # CMASK/EDGE counters have per-cycle state: step them
+    # fixed counters: 0 instructions, 1 cycles, 2 ref cycles, 3 slots (4 per cycle)
+    f_idx = np.zeros(4, np.int64)
+    f_ring = np.zeros(4, np.int64)
+    f_pebs = np.zeros(4, np.bool_)
+    f_int = np.zeros(4, np.bool_)
+    nf = 0
+    fctrl = regs[R_FIXED_CTR_CTRL]
+    for j in range(nfixed):
+        bits = (fctrl >> U64(4 * j)) & U64(0xF)
+        if not ((gctrl >> U64(32 + j)) & U64(1)) or (bits & U64(3)) == U64(0):
+            continue
+        f_idx[nf] = j
+        f_ring[nf] = np.int64(bits & U64(3))
+        f_pebs[nf] = (((pebs_en >> U64(32 + j)) & U64(1)) != U64(0)
+                      and ((pebs_ok >> U64(32 + j)) & U64(1)) != U64(0))
+        f_int[nf] = (bits & U64(8)) != U64(0)
+        nf += 1
+
+    deadline = regs[R_TIMER_DEADLINE]
+    log_limit = log.shape[0] - LOG_SLACK
     regs[R_EXIT_GVA] = U64(0)
     regs[R_EXIT_GPA] = U64(0)
     regs[R_EXIT_INFO] = U64(0)
 
     # a PEBS assist left pending by an EPT exit is completed first
     if regs[R_PEBS_PENDING] != U64(0):
-        nxt0 = np.int64(regs[R_RIP])
-        r0 = _pebs_assist(regs, params, mem, ept, tlb, log, rec, w_ip, w_kind, w_addr, w_lat,
-                          w_cycles, w_llc, nxt0)
+        r0 = _assist_exit(regs, params, mem, ept, tlb, log, rec, w_ip, w_kind, w_addr, w_lat,
+                          w_cycles, w_llc, np.int64(regs[R_RIP]))
         if r0 >= 0:
-            if r0 == EXIT_PMI:
-                _log(log, regs, LOG_PMI, _as_i64(regs[R_GLOBAL_STATUS]), nxt0,
-                     _as_i64(w_ip[nxt0]), np.int64(1) << 62)
-                regs[R_PMI_COUNT] += U64(1)
-            regs[R_EXIT_REASON] = U64(r0)
             return r0
 
-    for step in range(budget):
-        if np.int64(regs[R_NLOG]) > log.shape[0] - LOG_SLACK:
+    i = np.int64(regs[R_RIP])
+    done = np.int64(0)
+    # TSC and the retired count live in locals (written through to regs every
+    # instruction, so helpers and the caller see them; only this loop changes them)
+    tsc = regs[R_TSC]
+    retired = regs[R_RETIRED]
+    ff_min = 2 if ff else budget + 1    # shortest stretch worth fast-forwarding
+    cyc_row = pre[EV_CYCLES, 2]
+    while done < budget:
+        if np.int64(regs[R_NLOG]) > log_limit:
             regs[R_EXIT_REASON] = U64(EXIT_LOG_FULL)
             return EXIT_LOG_FULL
-        i = np.int64(regs[R_RIP])
+        # --- fast-forward over instructions where nothing can happen
+        if budget - done >= ff_min and regs[R_PEBS_PENDING] == U64(0):
+            kmax = min(budget - done, L - i)
+            skid = np.int64(regs[R_SKID])
+            if skid != 0:
+                kmax = min(kmax, skid - 1)
+            if kmax > 0 and deadline != U64(0):
+                if deadline <= tsc:
+                    kmax = 0
+                elif deadline - tsc <= U64(1 << 62):
+                    kmax = _span(cyc_row, i, kmax, np.int64(deadline - tsc) - 1)
+            for k in range(ng):
+                if kmax <= 0:
+                    break
+                slot = R_PMC0 + g_idx[k]
+                kmax = _span(pre[g_ev[k], g_ring[k] - 1], i, kmax,
+                             np.int64(cmask_w - regs[slot]))
+            for k in range(nf):
+                if kmax <= 0:
+                    break
+                j = f_idx[k]
+                room = np.int64(cmask_w - regs[R_FIXED0 + j])
+                if j == 0:
+                    kmax = _span(pre[EV_INST, f_ring[k] - 1], i, kmax, room)
+                elif j == 3:
+                    kmax = _span(pre[EV_CYCLES, f_ring[k] - 1], i, kmax, room // 4)
+                else:
+                    kmax = _span(pre[EV_CYCLES, f_ring[k] - 1], i, kmax, room)
+            if kmax >= ff_min:
+                e = i + kmax
+                tsc += U64(cyc_row[e] - cyc_row[i])
+                retired += U64(kmax)
+                regs[R_TSC] = tsc
+                regs[R_RETIRED] = retired
+                regs[R_CPL] = U64(w_cpl[e - 1])
+                q = lbr_last[e - 1]
+                if q >= i:
+                    regs[R_LBR_FROM] = w_ip[q]
+                    regs[R_LBR_TO] = w_ip[q + 1 if q + 1 < L else 0]
+                for k in range(ng):
+                    row = pre[g_ev[k], g_ring[k] - 1]
+                    regs[R_PMC0 + g_idx[k]] += U64(row[e] - row[i])
+                for k in range(nf):
+                    j = f_idx[k]
+                    row = pre[EV_INST if j == 0 else EV_CYCLES, f_ring[k] - 1]
+                    d = row[e] - row[i]
+                    regs[R_FIXED0 + j] += U64(4 * d if j == 3 else d)
+                if skid != 0:
+                    regs[R_SKID] = U64(skid - kmax)
+                i = e if e < L else 0
+                regs[R_RIP] = U64(i)
+                done += kmax
+                continue
+        # --- one instruction
+        done += 1
         kind = w_kind[i]
         cyc = np.int64(w_cycles[i])
         cpl = np.int64(w_cpl[i])
-        counts[EV_CYCLES] = cyc
-        counts[EV_INST] = 1
-        counts[EV_REF_CYCLES] = cyc
-        counts[EV_LOADS] = 1 if kind == KIND_LOAD else 0
-        counts[EV_STORES] = 1 if kind == KIND_STORE else 0
-        counts[EV_BRANCHES] = 1 if kind == KIND_BRANCH else 0
-        counts[EV_BR_MISP] = 1 if (kind == KIND_BRANCH and w_misp[i] != 0) else 0
-        counts[EV_LLC_MISS] = 1 if (kind == KIND_LOAD and w_llc[i] != 0) else 0
-        counts[EV_LLC_REF] = 1 if (kind == KIND_LOAD and (w_llc[i] != 0 or
-                                                          w_lat[i] >= LLC_REF_LATENCY)) else 0
-        regs[R_TSC] += U64(cyc)
-        regs[R_RETIRED] += U64(1)
+        tsc += U64(cyc)
+        retired += U64(1)
+        regs[R_TSC] = tsc
+        regs[R_RETIRED] = retired
         regs[R_CPL] = U64(cpl)
         nxt = i + 1
         if nxt >= L:
@@ -466,99 +740,65 @@ def core_run(regs, params, evmap, w_ip, w_kind, w_cpl, w_addr, w_lat, w_cycles, 
         if kind == KIND_BRANCH or nxt == 0:
             regs[R_LBR_FROM] = w_ip[i]
             regs[R_LBR_TO] = w_ip[nxt]
+        ring = 1 if cpl == 0 else 2
 
-        gctrl = regs[R_GLOBAL_CTRL]
         # --- GP counters
-        for j in range(ngp):
-            sel = regs[R_EVTSEL0 + j]
-            if not ((sel >> U64(22)) & U64(1)) or not ((gctrl >> U64(j)) & U64(1)):
+        for k in range(ng):
+            if not (g_ring[k] & ring):
                 continue
-            if cpl == 0:
-                if not ((sel >> U64(17)) & U64(1)):
-                    continue
-            elif not ((sel >> U64(16)) & U64(1)):
-                continue
-            if (sel >> U64(32)) & U64(3):
-                continue            # IN_TX / IN_TXCP: the model has no transactions
-            n = counts[ev_of[j]] if ev_of[j] != EV_NONE else 0
-            cm = np.int64((sel >> U64(24)) & U64(0xFF))
-            inv = ((sel >> U64(23)) & U64(1)) != U64(0)
-            edge = ((sel >> U64(18)) & U64(1)) != U64(0)
-            prev = ((regs[R_EDGE_PREV] >> U64(j)) & U64(1)) != U64(0)
-            inc, state = _count_inc(n, cyc, cm, inv, edge, prev)
-            if state:
-                regs[R_EDGE_PREV] |= _bit(j)
+            ev = g_ev[k]
+            if ev == EV_INST:
+                e1 = 1
+            elif ev == EV_NONE:
+                e1 = 0
             else:
-                regs[R_EDGE_PREV] &= ~_bit(j)
+                e1 = _event_last(ev, kind, w_lat[i], w_llc[i], w_misp[i])
+            each = 1 if (ev == EV_CYCLES or ev == EV_REF_CYCLES) else 0
+            if g_simple[k]:
+                inc = e1 + each * (cyc - 1)
+            else:
+                j = g_idx[k]
+                b = U64(1) << U64(j)
+                prev = (regs[R_EDGE_PREV] & b) != U64(0)
+                inc, state = _count_inc(e1, each, cyc, g_cmask[k], g_inv[k], g_edge[k], prev)
+                if state:
+                    regs[R_EDGE_PREV] |= b
+                else:
+                    regs[R_EDGE_PREV] &= all_ones ^ b
             if inc == 0:
                 continue
-            v = regs[R_PMC0 + j] + U64(inc)
+            slot = R_PMC0 + g_idx[k]
+            v = regs[slot] + U64(inc)
             if v > cmask_w:
-                regs[R_PMC0 + j] = v & cmask_w
-                regs[R_GLOBAL_STATUS] |= _bit(j)
-                _log(log, regs, LOG_OVERFLOW, j, i, _as_i64(w_ip[i]), 0)
-                pebs_on = ((regs[R_PEBS_ENABLE] >> U64(j)) & U64(1)) != U64(0)
-                if pebs_on and ((pebs_ok >> U64(j)) & U64(1)) and ev_pebs[j]:
-                    if regs[R_PEBS_PENDING] == U64(0):
-                        regs[R_PEBS_EVT] = U64(i)
-                    regs[R_PEBS_PENDING] |= _bit(j)
-                elif (sel >> U64(20)) & U64(1):
-                    if regs[R_SKID] == U64(0):
-                        span = params[P_SKID_MAX] - params[P_SKID_MIN] + 1
-                        regs[R_PRNG] += U64(1)
-                        r = _splitmix(regs[R_PRNG])
-                        regs[R_SKID] = U64(params[P_SKID_MIN] + 1) + r % U64(span)
-                    regs[R_PMI_CAUSE] |= _bit(j)
+                _overflow(regs, params, log, slot, g_idx[k], v, cmask_w, i,
+                          _as_i64(w_ip[i]), g_pebs[k], g_int[k])
             else:
-                regs[R_PMC0 + j] = v
-        # --- fixed counters: 0 instructions, 1 cycles, 2 ref cycles, 3 slots
-        fctrl = regs[R_FIXED_CTR_CTRL]
-        for j in range(nfixed):
-            bits = (fctrl >> U64(4 * j)) & U64(0xF)
-            if not ((gctrl >> U64(32 + j)) & U64(1)):
+                regs[slot] = v
+        # --- fixed counters
+        for k in range(nf):
+            if not (f_ring[k] & ring):
                 continue
-            if cpl == 0:
-                if not (bits & U64(1)):
-                    continue
-            elif not (bits & U64(2)):
-                continue
+            j = f_idx[k]
             if j == 0:
                 inc = 1
             elif j == 3:
                 inc = 4 * cyc
             else:
                 inc = cyc
-            v = regs[R_FIXED0 + j] + U64(inc)
+            slot = R_FIXED0 + j
+            v = regs[slot] + U64(inc)
             if v > cmask_w:
-                regs[R_FIXED0 + j] = v & cmask_w
-                regs[R_GLOBAL_STATUS] |= _bit(32 + j)
-                _log(log, regs, LOG_OVERFLOW, 32 + j, i, _as_i64(w_ip[i]), 0)
-                pebs_on = ((regs[R_PEBS_ENABLE] >> U64(32 + j)) & U64(1)) != U64(0)
-                if pebs_on and ((pebs_ok >> U64(32 + j)) & U64(1)):
-                    if regs[R_PEBS_PENDING] == U64(0):
-                        regs[R_PEBS_EVT] = U64(i)
-                    regs[R_PEBS_PENDING] |= _bit(32 + j)
-                elif bits & U64(8):
-                    if regs[R_SKID] == U64(0):
-                        span = params[P_SKID_MAX] - params[P_SKID_MIN] + 1
-                        regs[R_PRNG] += U64(1)
-                        r = _splitmix(regs[R_PRNG])
-                        regs[R_SKID] = U64(params[P_SKID_MIN] + 1) + r % U64(span)
-                    regs[R_PMI_CAUSE] |= _bit(32 + j)
+                _overflow(regs, params, log, slot, 32 + j, v, cmask_w, i,
+                          _as_i64(w_ip[i]), f_pebs[k], f_int[k])
             else:
-                regs[R_FIXED0 + j] = v
+                regs[slot] = v
         regs[R_RIP] = U64(nxt)
 
         # --- PEBS assist (trap-like: after the instruction retired)
         if regs[R_PEBS_PENDING] != U64(0):
-            r1 = _pebs_assist(regs, params, mem, ept, tlb, log, rec, w_ip, w_kind, w_addr,
+            r1 = _assist_exit(regs, params, mem, ept, tlb, log, rec, w_ip, w_kind, w_addr,
                               w_lat, w_cycles, w_llc, nxt)
             if r1 >= 0:
-                if r1 == EXIT_PMI:
-                    _log(log, regs, LOG_PMI, _as_i64(regs[R_GLOBAL_STATUS]), nxt,
-                         _as_i64(w_ip[nxt]), np.int64(1) << 62)
-                    regs[R_PMI_COUNT] += U64(1)
-                regs[R_EXIT_REASON] = U64(r1)
                 return r1
         # --- interrupt-based PMI after its skid
         if regs[R_SKID] != U64(0):
@@ -570,9 +810,10 @@ def core_run(regs, params, evmap, w_ip, w_kind, w_cpl, w_addr, w_lat, w_cycles, 
                 regs[R_PMI_COUNT] += U64(1)
                 regs[R_EXIT_REASON] = U64(EXIT_PMI)
                 return EXIT_PMI
-        if regs[R_TIMER_DEADLINE] != U64(0) and regs[R_TSC] >= regs[R_TIMER_DEADLINE]:
+        if deadline != U64(0) and tsc >= deadline:
             regs[R_EXIT_REASON] = U64(EXIT_TIMER)
             return EXIT_TIMER
+        i = nxt
     regs[R_EXIT_REASON] = U64(EXIT_BUDGET)
     return EXIT_BUDGET
 
@@ -596,6 +837,7 @@ def model_params(model: CpuModel) -> np.ndarray:
     p[P_PEBS_TRAP] = int(bool(model.perf_capabilities & M.PERF_CAP_PEBS_TRAP))
     p[P_REC_SIZE] = model.pebs_record_size
     p[P_HAS_TSX] = int(model.has_tsx)
+    p[P_FAST_FORWARD] = 1
     return p
 
 
@@ -609,6 +851,44 @@ def is_canonical(addr: int) -> bool:
     """True if a 64-bit address is canonical for 48-bit linear addresses."""
     top = addr >> 47
     return top == 0 or top == (1 << 17) - 1
+
+
+_TWIN = None
+
+
+def python_twin():
+    """Return :func:`core_run` as plain Python, with every helper it calls plain Python too.
+
+    pebslab only. ``core_run.py_func`` alone would still call the compiled
+    helpers (``_pebs_assist``, ``translate``, ...), which hand back Python
+    ints instead of numpy scalars; here each numba function of this module
+    and of :mod:`pebslab.hw.mmu` is rebuilt from its ``.py_func`` code over
+    one namespace, so the whole run loop is the interpreted reference.
+    Under ``NUMBA_DISABLE_JIT=1`` the functions already are plain Python.
+    """
+    global _TWIN
+    if _TWIN is not None:
+        return _TWIN
+    if not hasattr(core_run, "py_func"):      # NUMBA_DISABLE_JIT=1
+        _TWIN = core_run
+        return _TWIN
+    from . import mmu
+    spaces = {}
+    rebuilt = {}
+    for mod in (mmu, sys.modules[__name__]):
+        ns = dict(vars(mod))
+        spaces[mod.__name__] = ns
+        for name, obj in vars(mod).items():
+            py = getattr(obj, "py_func", None)
+            if py is not None and getattr(py, "__module__", None) == mod.__name__:
+                rebuilt[id(obj)] = types.FunctionType(py.__code__, ns, py.__name__,
+                                                      py.__defaults__, py.__closure__)
+    for ns in spaces.values():
+        for name, obj in list(ns.items()):
+            if id(obj) in rebuilt:
+                ns[name] = rebuilt[id(obj)]
+    _TWIN = rebuilt[id(core_run)]
+    return _TWIN
 
 
 class Core:
@@ -633,6 +913,10 @@ class Core:
         self.rec = np.zeros(1024, np.uint64)
         self.tlb = tlb_new()
         self.jit = True
+        # Retire uneventful stretches at once (see core_run); False steps every
+        # instruction, the reference the fast path is tested against.
+        self.fast_forward = True
+        self._prefix_cache = {}
 
     # --- register access ----------------------------------------------------
     @property
@@ -664,13 +948,19 @@ class Core:
             return R_PEBS_DATA_CFG, "data_cfg"
         return table.get(index, (-1, ""))
 
-    def valid_bits(self, kind: str) -> int:
-        """Writable bits of an MSR kind on this model (everything else #GPs)."""
+    def valid_bits(self, kind: str, idx: int | None = None) -> int:
+        """Writable bits of an MSR kind on this model (everything else #GPs).
+
+        For ``"evtsel"``, ``idx`` is the GP counter: IN_TXCP (bit 33) exists
+        only on IA32_PERFEVTSEL2 (FACTS b.2; KVM's ``pmc->idx == 2`` check).
+        """
         m = self.model
         if kind == "evtsel":
             v = 0xFFFFFFFF
             if m.has_tsx:
-                v |= M.HSW_IN_TX | M.HSW_IN_TX_CHECKPOINTED
+                v |= M.HSW_IN_TX
+                if idx == 2:
+                    v |= M.HSW_IN_TX_CHECKPOINTED
             if m.adaptive:
                 v |= M.ICL_EVENTSEL_ADAPTIVE
             return v
@@ -735,7 +1025,8 @@ class Core:
                 raise GuestFault("#GP", msr=index, value=value, reason="non-canonical address")
             self.regs[slot] = np.uint64(value)
             return
-        bad = value & ~self.valid_bits(kind)
+        idx = index - M.MSR_P6_EVNTSEL0 if kind == "evtsel" else None
+        bad = value & ~self.valid_bits(kind, idx)
         if bad:
             raise GuestFault("#GP", msr=index, value=value, reason=f"reserved bits {bad:#x}")
         if kind == "ovf_ctrl":
@@ -749,7 +1040,9 @@ class Core:
         """Run ``budget`` instructions of ``workload`` over guest memory; return the exit reason.
 
         ``mem`` is host physical memory (uint8) and ``ept`` the running VM's EPT.
-        With ``jit=False`` the same loop runs as plain Python (``.py_func``).
+        With ``jit=False`` the same loop runs as plain Python (:func:`python_twin`).
+        ``self.fast_forward`` (default True) lets the loop retire uneventful
+        stretches at once; the result is the same either way.
         """
         if not isinstance(budget, (int, np.integer)) or isinstance(budget, bool) or budget < 0:
             raise ValueError(f"budget must be a non-negative int; got {budget!r}")
@@ -763,11 +1056,30 @@ class Core:
         if int(self.regs[R_RIP]) >= len(w):
             self.regs[R_RIP] = np.uint64(0)
         use_jit = self.jit if jit is None else jit
-        fn = core_run if use_jit else core_run.py_func
+        fn = core_run if use_jit else python_twin()
+        pre, lbr_last = self._prefix(w, fn)
+        self.params[P_FAST_FORWARD] = int(bool(self.fast_forward))
         with np.errstate(over="ignore"):
             return int(fn(self.regs, self.params, self.evmap, w.ip, w.kind, w.cpl, w.addr,
                           w.latency, w.cycles, w.llc_miss, w.br_misp, mem, ept, self.tlb,
-                          self.log, self.rec, int(budget)))
+                          self.log, self.rec, int(budget), pre, lbr_last))
+
+    def _prefix(self, w, fn):
+        """The fast-forward table of workload ``w`` (built once per workload and loop).
+
+        Built by the same flavour of code as the loop that uses it (compiled,
+        or the plain-Python twin's ``event_prefix``). Workloads are immutable,
+        so the workload object itself is the cache key (one per flavour).
+        """
+        key = fn is core_run
+        hit = self._prefix_cache.get(key)
+        if hit is not None and hit[0] is w:
+            return hit[1], hit[2]
+        build = event_prefix if key else fn.__globals__.get("event_prefix", event_prefix)
+        with np.errstate(over="ignore"):
+            pre, lbr_last = build(w.kind, w.cpl, w.cycles, w.latency, w.llc_miss, w.br_misp)
+        self._prefix_cache[key] = (w, pre, lbr_last)
+        return pre, lbr_last
 
     def take_log(self) -> np.ndarray:
         """Return (and clear) the hardware event log rows written since the last call."""

@@ -47,6 +47,23 @@ class Cpuid:
 
     leaves: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        if not isinstance(self.leaves, dict):
+            raise TypeError(f"leaves must be a dict {{function: (eax, ebx, ecx, edx)}}; "
+                            f"got {type(self.leaves).__name__}")
+        clean = {}
+        for fn, regs in self.leaves.items():
+            if not isinstance(fn, int) or isinstance(fn, bool) or not 0 <= fn < 1 << 32:
+                raise ValueError(f"leaves keys must be CPUID functions 0..0xffffffff; got {fn!r}")
+            regs = tuple(regs) if isinstance(regs, (tuple, list)) else regs
+            if (not isinstance(regs, tuple) or len(regs) != 4
+                    or not all(isinstance(r, int) and not isinstance(r, bool)
+                               and 0 <= r < 1 << 32 for r in regs)):
+                raise ValueError(f"leaves[{fn:#x}] must be 4 register values (eax, ebx, ecx, "
+                                 f"edx), each 0..0xffffffff; got {regs!r}")
+            clean[fn] = regs
+        object.__setattr__(self, "leaves", clean)   # a private copy: Cpuid is immutable
+
     def leaf(self, function: int) -> tuple[int, int, int, int]:
         """Return (eax, ebx, ecx, edx) of a leaf; unknown leaves read as zeros."""
         if not isinstance(function, int) or isinstance(function, bool):
@@ -83,7 +100,7 @@ class Cpuid:
         return self._set(features, True)
 
     def pmu(self) -> dict[str, int]:
-        """Decode leaf 0xA: version, counters, widths, unavailable-events mask."""
+        """Decode leaf 0xA: version, counters, widths, unavailable events, fixed mask (v5)."""
         eax, ebx, _ecx, edx = self.leaf(0xA)
         return {
             "version": eax & 0xFF,
@@ -93,6 +110,7 @@ class Cpuid:
             "events_unavailable": ebx,
             "num_counters_fixed": edx & 0x1F,
             "bit_width_fixed": edx >> 5 & 0xFF,
+            "fixed_counter_mask": _ecx,
         }
 
     def table(self) -> str:
@@ -128,6 +146,8 @@ def default(cpu) -> Cpuid:
     out = out.with_(*_BASE_EDX, *_BASE_ECX, *_PMU_FEATURES)
     eax = (model.pmu_version | model.n_gp << 8 | model.width << 16 | 7 << 24)
     edx = model.n_fixed | model.width << 5
+    # FACTS b.7: from version 5, ECX is the bitmask of the fixed counters
+    ecx = (1 << model.n_fixed) - 1 if model.pmu_version >= 5 else 0
     leaves = dict(out.leaves)
-    leaves[0xA] = (eax, 0, 0, edx)
+    leaves[0xA] = (eax, 0, ecx, edx)
     return Cpuid(leaves)

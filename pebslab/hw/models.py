@@ -46,6 +46,13 @@ class EventDesc:
     cmask: int = 0
     inv: bool = False
 
+    def __post_init__(self):
+        for fname, hi in (("event", 0xFF), ("umask", 0xFF), ("cmask", 0xFF),
+                          ("kind", N_EVENTS - 1)):
+            v = getattr(self, fname)
+            if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= hi:
+                raise ValueError(f"{fname} must be an int in 0..{hi:#x}; got {v!r}")
+
     @property
     def code(self) -> int:
         """The eventsel bits 31:0 this encoding sets (event, umask, inv, cmask)."""
@@ -108,6 +115,48 @@ class CpuModel:
     skid_max: int
     events: tuple[EventDesc, ...] = field(default=(), repr=False)
     notes: tuple[str, ...] = field(default=(), repr=False)
+
+    def __post_init__(self):
+        """Refuse a model the run loop could not simulate (message names the field)."""
+        if not isinstance(self.name, str) or not self.name:
+            raise TypeError(f"name must be a non-empty str; got {self.name!r}")
+        for fname, lo, hi in (("family", 0, 0xFFF), ("model", 0, 0xFF), ("pmu_version", 1, 255),
+                              ("n_gp", 1, M.INTEL_PMC_MAX_GENERIC),
+                              ("n_fixed", 0, M.INTEL_PMC_MAX_FIXED),
+                              # 33..63: wider than the 32 bits the legacy alias
+                              # sign-extends, and 2**width still fits a uint64
+                              ("width", 33, 63),
+                              ("pebs_format", 0, 4), ("pebs_counter_mask", 0, 0xFF),
+                              ("pebs_fixed_mask", 0, 0xF), ("perf_capabilities", 0, (1 << 64) - 1),
+                              ("skid_min", 0, 1 << 16), ("skid_max", 0, 1 << 16)):
+            v = getattr(self, fname)
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise TypeError(f"{fname} must be an int; got {type(v).__name__} {v!r}")
+            if not lo <= v <= hi:
+                raise ValueError(f"{fname} must be in {lo}..{hi}; got {v}")
+        for fname in ("pebs_ept", "has_tsx"):
+            if not isinstance(getattr(self, fname), bool):
+                raise TypeError(f"{fname} must be True or False; got {getattr(self, fname)!r}")
+        if self.pebs_counter_mask >> self.n_gp:
+            raise ValueError(f"pebs_counter_mask must only name GP counters 0..{self.n_gp - 1} "
+                             f"(mask {(1 << self.n_gp) - 1:#x}); got {self.pebs_counter_mask:#x}")
+        if self.pebs_fixed_mask >> self.n_fixed:
+            raise ValueError(f"pebs_fixed_mask must only name fixed counters 0..{self.n_fixed - 1}"
+                             f" (mask {(1 << self.n_fixed) - 1:#x}); got {self.pebs_fixed_mask:#x}")
+        if self.pebs_fixed_mask and self.pebs_format < 4:
+            # FACTS b.5: PEBS on fixed counters is "extended PEBS", part of baseline (format 4+)
+            raise ValueError(f"pebs_fixed_mask must be 0 below PEBS format 4 (extended PEBS "
+                             f"comes with baseline); got {self.pebs_fixed_mask:#x} with "
+                             f"pebs_format {self.pebs_format}")
+        cap_fmt = (self.perf_capabilities & M.PERF_CAP_PEBS_FORMAT) >> M.PERF_CAP_PEBS_FORMAT_SHIFT
+        if cap_fmt != self.pebs_format:
+            raise ValueError(f"perf_capabilities bits 11:8 (PEBS format) must equal pebs_format "
+                             f"{self.pebs_format}; got {cap_fmt} in {self.perf_capabilities:#x}")
+        if self.skid_max < self.skid_min:
+            raise ValueError(f"skid_max must be >= skid_min ({self.skid_min}); got {self.skid_max}")
+        if not isinstance(self.events, tuple) or not all(isinstance(e, EventDesc)
+                                                         for e in self.events):
+            raise TypeError("events must be a tuple of EventDesc")
 
     @property
     def pebs_record_size(self) -> int:

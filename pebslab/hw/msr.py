@@ -200,6 +200,9 @@ def encode_eventsel(event_select: int = 0, umask: int = 0, *, usr: bool = True,
                              else f"{name} must be in 0..{hi:#x}; got {v}")
     flags = dict(usr=usr, os=os, edge=edge, pc=pc, int=int, any=any, en=en, inv=inv,
                  in_tx=in_tx, in_txcp=in_txcp, adaptive=adaptive)
+    for name, v in flags.items():
+        if not isinstance(v, builtins.int) or v not in (0, 1):
+            raise TypeError(f"{name} must be True or False; got {v!r}")
     value = event_select | umask << 8 | cmask << 24
     for name, lo, width in EVENTSEL_FIELDS:
         if width == 1 and flags[name]:
@@ -221,6 +224,6 @@ def fixed_ctrl_bits(ctrl: int, idx: int) -> int:
     Models fixed_ctrl_field() in arch/x86/kvm/pmu.h.
     """
     _check_u64("ctrl", ctrl)
-    if not isinstance(idx, int) or not 0 <= idx < INTEL_PMC_MAX_FIXED:
+    if not isinstance(idx, int) or isinstance(idx, bool) or not 0 <= idx < INTEL_PMC_MAX_FIXED:
         raise ValueError(f"idx must be in 0..{INTEL_PMC_MAX_FIXED - 1}; got {idx!r}")
     return (ctrl >> (idx * INTEL_FIXED_BITS_STRIDE)) & 0xF
