@@ -230,7 +230,6 @@ class VCPU:
         _check_int("index", index, 0, (1 << 32) - 1)
         _check_int("value", value, 0, (1 << 64) - 1)
         self._check_alive()
-        before = len(self.pcpu.perf.events())
         self._exit("MSR_WRITE", self.vm.costs.vmexit + self.vm.costs.msr_emulation,
                    msr=index, value=value)
         try:
@@ -239,7 +238,6 @@ class VCPU:
             self.trace("GP", msr=index, value=value, info=str(e))
             raise
         self.trace("MSR_WRITE", msr=index, value=value, info=M.msr_name(index))
-        del before
 
     def cpuid(self, function: int) -> tuple[int, int, int, int]:
         """CPUID in the guest (always exits): the VM's CPUID table."""

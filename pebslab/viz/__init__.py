@@ -27,3 +27,12 @@ def explore(fn, **widgets_kwargs):
     show.__name__ = getattr(fn, "__name__", "explore")
     show.__doc__ = fn.__doc__
     return widgets.interact(show, **widgets_kwargs)
+
+
+def __getattr__(name):
+    # `pebslab.viz.pinning` etc. without an explicit import
+    import importlib
+    try:
+        return importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
