@@ -7,10 +7,6 @@ STAMP := $(VENV)/.installed-stamp
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-# the layer unit tests, run a second time as pure Python (numba disabled)
-UNIT_TESTS = tests/test_hw_*.py tests/test_host_*.py tests/test_guest_*.py \
-             tests/test_workloads.py tests/test_baremetal.py
-
 .PHONY: lab test bench fuzz clean
 
 $(STAMP): pyproject.toml
@@ -28,10 +24,11 @@ $(STAMP): pyproject.toml
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --ServerApp.ip=127.0.0.1 --notebook-dir=notebooks
 
-## The whole suite: unit + property tests, notebooks, then the unit tests again in pure Python.
+## The whole suite: unit + property tests and notebooks, then the tests again in pure Python
+## (numba disabled: the fallback path must stay correct).
 test: $(STAMP)
 	$(PY) -m pytest -q tests notebooks --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg
-	NUMBA_DISABLE_JIT=1 $(PY) -m pytest -q -p no:cacheprovider -m "not slow" $(UNIT_TESTS)
+	NUMBA_DISABLE_JIT=1 $(PY) -m pytest -q -p no:cacheprovider -m "not slow" tests
 
 ## Benchmarks (print JSON): core speed, start-up, explorer callbacks.
 bench: $(STAMP)
