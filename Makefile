@@ -22,7 +22,8 @@ $(STAMP): pyproject.toml
 
 ## Open JupyterLab on the notebooks (creates .venv on first use).
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab --ServerApp.ip=127.0.0.1 --notebook-dir=notebooks
+	$(VENV)/bin/jupyter lab --ServerApp.ip=127.0.0.1 --notebook-dir=notebooks \
+	    $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 ## The whole suite: unit + property tests and notebooks, then the tests again in pure Python
 ## (numba disabled: the fallback path must stay correct).
