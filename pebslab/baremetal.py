@@ -37,6 +37,7 @@ from .hw.mmu import PAGE_SIZE
 from .hw.models import CpuModel, get_model
 from .hw.msr import msr_name
 from .trace import Trace
+from ._check import check_int as _check_int
 
 __all__ = [
     "RDMSR_CYCLES", "WRMSR_CYCLES", "CPUID_CYCLES", "BareMetal", "BareVCPU", "BarePhys",
@@ -66,15 +67,6 @@ def identity_ept(frames: int) -> np.ndarray:
     """
     g = np.arange(frames, dtype=np.uint64)
     return (g << np.uint64(12)) | np.uint64(7)
-
-
-def _check_int(name: str, value, lo: int, hi: int) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int in {lo}..{hi}; got {type(value).__name__} {value!r}")
-    v = int(value)
-    if not lo <= v <= hi:
-        raise ValueError(f"{name} must be in {lo}..{hi}; got {v}")
-    return v
 
 
 @dataclass

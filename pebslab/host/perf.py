@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
+from .._check import check_int as _check_int
 
 # ----------------------------------------------------------------------
 # struct perf_event_attr (the fields KVM fills)
@@ -53,21 +54,6 @@ FIXED_COUNTER_EVENTS = {
 }
 
 OWNERS = ("kvm", "host")
-
-
-def _check_int(name: str, value, lo: int | None = None, hi: int | None = None) -> int:
-    """Return ``value`` as an int, or raise naming the argument and the allowed range.
-
-    pebslab only.
-    """
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int; got {type(value).__name__} {value!r}")
-    value = int(value)
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        lo_s = "-inf" if lo is None else str(lo)
-        hi_s = "inf" if hi is None else str(hi)
-        raise ValueError(f"{name} must be in {lo_s}..{hi_s}; got {value}")
-    return value
 
 
 @dataclass

@@ -25,6 +25,7 @@ from ..hw.mmu import XLATE_EPT, XLATE_PF
 from ..hw.models import CpuModel
 from ..trace import Trace
 from . import pebs_pin, pmu as kpmu, vmx
+from .._check import check_int as _check_int
 
 PAGE = 4096
 

@@ -17,6 +17,7 @@ import numpy as np
 from .. import workloads as WL
 from ..hw import pebs as P
 from ..hw.models import EV_LLC_MISS, MODELS, get_model
+from .._check import check_int as _check_int, is_int as _is_int
 
 __all__ = [
     "FORMAT_GENERATION", "layout_cells", "record_layout", "assist_series", "assist_timeline",
@@ -51,20 +52,6 @@ _FMT1_FIELDS = ("status", "dla", "dse", "lat")
 _FMT2_FIELDS = ("real_ip", "tsx_tuning")
 _BYTES_PER_ROW = 64
 _MAX_LBR_SHOWN = 2          # LBR entries drawn one by one; the rest become one block
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
-
-
-def _check_int(name: str, value, lo: int, hi: int) -> int:
-    if not _is_int(value):
-        raise TypeError(f"{name} must be an int in {lo}..{hi}; got {type(value).__name__} "
-                        f"{value!r}")
-    v = int(value)
-    if not lo <= v <= hi:
-        raise ValueError(f"{name} must be in {lo}..{hi}; got {v}")
-    return v
 
 
 def _check_choice(name: str, value, allowed) -> str:

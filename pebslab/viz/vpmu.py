@@ -14,6 +14,7 @@ import numpy as np
 from .. import workloads as WL
 from ..designs import DESIGN_NAMES
 from ..trace import KIND_ID, KINDS
+from .._check import check_int as _check_int, is_int as _is_int
 
 __all__ = [
     "VPMU_EVENTS", "COST_CATEGORIES", "guest_session", "handler_windows",
@@ -34,20 +35,6 @@ COST_CATEGORIES = {
 _COLORS = {"nmi_exit": "#cb181d", "inject": "#fd8d3c", "msr_exits": "#3182bd",
            "perf_events": "#969696", "guest": "#c7e9c0"}
 _HANDLER_KINDS = {KIND_ID[k] for k in ("VMEXIT", "MSR_READ", "MSR_WRITE", "PMI_INJECT")}
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
-
-
-def _check_int(name: str, value, lo: int, hi: int) -> int:
-    if not _is_int(value):
-        raise TypeError(f"{name} must be an int in {lo}..{hi}; got {type(value).__name__} "
-                        f"{value!r}")
-    v = int(value)
-    if not lo <= v <= hi:
-        raise ValueError(f"{name} must be in {lo}..{hi}; got {v}")
-    return v
 
 
 def _check_event(event) -> str:
