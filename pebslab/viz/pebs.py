@@ -343,7 +343,7 @@ def precision_data(event: str = "llc_miss", period: int | None = None,
     the guest perf driver: ``perf record -e EVENT[:p|:pp] -c PERIOD``, the
     PEBS modes in large-PEBS mode (drained when the event stops; the
     records, and so the IPs, are the same as with a PMI per record).
-    ``period`` None picks a per-event default (llc_miss 23, cycles 5003,
+    ``period`` None (or 0, for a dropdown's "default" entry) picks a per-event default (llc_miss 23, cycles 5003,
     instructions 1009: about 100 samples per mode at the default length).
     Offsets are sample IP minus the IP of the hot load, in bytes. Returns
     {"event": perf event name, "hot_ip", "next_offset" (length of the hot
@@ -354,7 +354,7 @@ def precision_data(event: str = "llc_miss", period: int | None = None,
     event = _check_choice("event", event, PRECISION_EVENTS)
     cpu = _check_cpu(cpu)
     instructions = _check_int("instructions", instructions, 10_000, 1_000_000)
-    if period is None:
+    if period is None or (_is_int(period) and period == 0):
         period = _DEFAULT_PERIOD[event]
     period = _check_int("period", period, 1, 1_000_000)
     w = WL.hot_loop()
