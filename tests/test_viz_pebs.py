@@ -181,7 +181,7 @@ def test_precision_refuses_a_flood_of_samples():
 
 @pytest.mark.parametrize("kw, exc, word", [({"event": "branches"}, ValueError, "event"),
                                            ({"cpu": 3}, TypeError, "cpu"),
-                                           ({"period": 0}, ValueError, "period"),
+                                           ({"period": -1}, ValueError, "period"),
                                            ({"instructions": 10}, ValueError, "instructions")])
 def test_precision_rejects_bad_arguments(kw, exc, word):
     with pytest.raises(exc, match=word):
