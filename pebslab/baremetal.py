@@ -279,6 +279,10 @@ class BareMetal:
         A different workload starts at its first instruction; running the
         same one again continues where it stopped.
         """
+        from .workloads import Workload
+        if not isinstance(workload, Workload):
+            raise TypeError(f"workload must be a pebslab.workloads.Workload; got "
+                            f"{type(workload).__name__} {workload!r}")
         instructions = _check_int("instructions", instructions, 0, 1 << 62)
         if len(workload) == 0:
             raise ValueError("workload must have at least one instruction")

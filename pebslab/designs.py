@@ -38,6 +38,10 @@ class Design:
     #: also pin the guest page-table pages the CPU walks to reach DS and buffer
     #: (the assist translates through them; the patch pins only the data pages)
     pin_page_tables: bool = False
+    #: reprogram the counters whose PEBS_ENABLE bit flips (the patch only looks at
+    #: PEBS_ENABLE when an event select or GLOBAL_CTRL is written, so a counter
+    #: keeps a precise host event after PEBS_ENABLE = 0 while its pins are gone)
+    reprogram_on_pebs_enable: bool = False
     #: pin failure: "ignore" (printk_once, PEBS stays enabled) or "gp" (refuse)
     pin_failure: str = "ignore"
     # --- MSR checks -----------------------------------------------------------------
@@ -68,6 +72,10 @@ class Design:
     host_pebs_disables_guest: bool = False
     #: MSR_PEBS_DATA_CFG emulated (adaptive PEBS)
     data_cfg: bool = False
+    #: later KVM MSR rules: the full-width counter alias 0x4C1 (when the guest's
+    #: PERF_CAPABILITIES has FW_WRITES), fixed counters written full width
+    #: (commit 2924b52117b2), IN_TXCP only on counter 2
+    upstream_msr_semantics: bool = False
     # --- migration / dirty logging ----------------------------------------------------
     #: dirty logging leaves pinned PEBS pages writable and reports them dirty
     dirty_log_skips_pinned: bool = False
@@ -86,7 +94,14 @@ class Design:
             if v not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; "
                                  f"got {v!r}")
-        if not isinstance(self.pin_limit, int) or not 1 <= self.pin_limit <= 4096:
+        for f in fields(self):
+            if f.type in ("bool", bool) and not isinstance(getattr(self, f.name), bool):
+                raise TypeError(f"{f.name} must be a bool; got "
+                                f"{type(getattr(self, f.name)).__name__} {getattr(self, f.name)!r}")
+        if isinstance(self.pin_limit, bool) or not isinstance(self.pin_limit, int):
+            raise TypeError(f"pin_limit must be an int in 1..4096; got "
+                            f"{type(self.pin_limit).__name__} {self.pin_limit!r}")
+        if not 1 <= self.pin_limit <= 4096:
             raise ValueError(f"pin_limit must be an int in 1..4096; got {self.pin_limit!r}")
 
     def diff(self, other: "Design") -> dict[str, tuple]:
@@ -100,7 +115,8 @@ PATCH = Design()
 REVIEW = replace(PATCH, name="review", pebs_msrs_gate="guest_cpuid")
 FIXED = replace(
     REVIEW, name="fixed", pin="fixed", pin_limit=33, repin_on_ds_area_write=True,
-    track_guest_page_tables=True, pin_page_tables=True, pin_failure="gp", pebs_enable_mask="model",
+    track_guest_page_tables=True, pin_page_tables=True, pin_failure="gp",
+    reprogram_on_pebs_enable=True, pebs_enable_mask="model",
     ds_area_canonical_check=True, reset_clears_pebs=True, ds_area_clear_on_zero=True,
     autoload_full="disable_pebs", dirty_log_skips_pinned=True,
 )
@@ -109,6 +125,7 @@ ICELAKE = replace(
     ds_area_canonical_check=True, reset_clears_pebs=True, ds_area_clear_on_zero=True,
     perf_cap_bits="full", require_pebs_ept=True, cross_mapped_disable=True,
     host_pebs_disables_guest=True, data_cfg=True, autoload_full="disable_pebs",
+    reprogram_on_pebs_enable=True, upstream_msr_semantics=True,
 )
 DESIGNS = {"patch": PATCH, "review": REVIEW, "fixed": FIXED, "icelake": ICELAKE}
 
@@ -126,6 +143,9 @@ FIXES = {
                                "re-pin when the guest remaps them",
     "pin_page_tables": "pin the guest page-table pages the PEBS assist walks; the patch pins "
                        "only the data pages, so reclaiming a page-table page crashes the guest",
+    "reprogram_on_pebs_enable": "a PEBS_ENABLE change reprograms the counters it flips, so "
+                                "PEBS_ENABLE = 0 really stops the CPU's PEBS writes before the "
+                                "pins are dropped",
     "pin_failure": "a failed pin refuses PEBS_ENABLE (#GP) instead of leaving PEBS on over "
                    "unpinned memory",
     "pebs_enable_mask": "PEBS_ENABLE accepts only the CPU's PEBS-capable counters",

@@ -61,14 +61,25 @@ def manual_pebs(guest, *, ds_offset: int = 0, buf_offset: int = 0, buf_pages: in
     the hot load of ``hot_loop`` produces). The handler drains every record
     into ``samples``, resets ``pebs_index`` and acknowledges GLOBAL_STATUS.
     """
-    for name, v, lo, hi in (("ds_offset", ds_offset, 0, PAGE - 8),
+    if not hasattr(guest, "mm") or not hasattr(guest, "vcpus"):
+        raise TypeError(f"guest must be a pebslab.GuestKernel; got {type(guest).__name__}")
+    ncpu = len(guest.vcpus)
+    model = _cpu_of(guest)
+    for name, v, lo, hi in (("vcpu", vcpu, 0, ncpu - 1),
+                            ("event", event, 0, 0xFFFF),
+                            ("ds_offset", ds_offset, 0, PAGE - 8),
                             ("buf_offset", buf_offset, 0, PAGE - 8),
                             ("buf_pages", buf_pages, 1, 64),
                             ("period", period, 1, (1 << 31) - 1),
                             ("threshold_records", threshold_records, 1, 1 << 16),
                             ("counter", counter, 0, 7)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= v <= hi:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise TypeError(f"{name} must be an int in {lo}..{hi}; got {type(v).__name__} {v!r}")
+        if not lo <= v <= hi:
             raise ValueError(f"{name} must be an int in {lo}..{hi}; got {v!r}")
+    if counter >= model.n_gp:
+        raise ValueError(f"counter must be a GP counter of {model.name} "
+                         f"(0..{model.n_gp - 1}); got {counter}")
     if ds_offset % 8 or buf_offset % 8:
         raise ValueError(f"ds_offset and buf_offset must be multiples of 8; got "
                          f"{ds_offset} and {buf_offset}")

@@ -6,6 +6,7 @@ imports kvm/, kvm/ never imports guest/; this module wires them together.
 
 from __future__ import annotations
 
+from ._check import check_int
 from .designs import get_design
 from .host.mm import HostMM
 from .hw import cpuid as CPUID
@@ -22,10 +23,8 @@ class Host:
 
     def __init__(self, cpu="silvermont", frames: int = 4096, seed: int = 0):
         self.cpu = get_model(cpu)
-        if isinstance(frames, bool) or not isinstance(frames, int) or not 64 <= frames <= 1 << 22:
-            raise ValueError(f"frames must be an int in 64..{1 << 22}; got {frames!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be a non-negative int; got {seed!r}")
+        frames = check_int("frames", frames, 64, 1 << 22)
+        seed = check_int("seed", seed, 0)
         self.seed = seed
         self.mm = HostMM(frames, seed=seed)
         self.vms: list[VM] = []
@@ -46,9 +45,7 @@ class Host:
         design knobs, e.g. ``switch_ds_area=False``.
         """
         d = get_design(design, **knobs)
-        if isinstance(memory_pages, bool) or not isinstance(memory_pages, int) or \
-                not 16 <= memory_pages <= 1 << 20:
-            raise ValueError(f"memory_pages must be an int in 16..{1 << 20}; got {memory_pages!r}")
+        memory_pages = check_int("memory_pages", memory_pages, 16, 1 << 20)
         free = self.mm.free_count()
         if memory_pages > free:
             raise ValueError(f"memory_pages must be at most the host's free frames ({free}); "
@@ -57,11 +54,11 @@ class Host:
             cpuid = CPUID.default(self.cpu)
         elif not isinstance(cpuid, CPUID.Cpuid):
             raise TypeError(f"cpuid must be a pebslab.hw.cpuid.Cpuid; got {type(cpuid).__name__}")
-        if isinstance(vcpus, bool) or not isinstance(vcpus, int) or not 1 <= vcpus <= 8:
-            raise ValueError(f"vcpus must be an int in 1..8; got {vcpus!r}")
-        if isinstance(extra_autoload, bool) or not isinstance(extra_autoload, int) or \
-                not 0 <= extra_autoload <= 8:
-            raise ValueError(f"extra_autoload must be an int in 0..8; got {extra_autoload!r}")
+        vcpus = check_int("vcpus", vcpus, 1, 8)
+        extra_autoload = check_int("extra_autoload", extra_autoload, 0, 8)
+        if costs is not None and not isinstance(costs, Costs):
+            raise TypeError(f"costs must be a pebslab.kvm.vm.Costs or None; got "
+                            f"{type(costs).__name__} {costs!r}")
         vm = VM(host_mm=self.mm, cpu=self.cpu, design=d, vm_id=self._next_id,
                 memory_pages=memory_pages, cpuid=cpuid, seed=self.seed,
                 pcpu_base=self._next_pcpu, costs=costs, extra_autoload=extra_autoload,

@@ -135,7 +135,17 @@ def _full_autoload_survives(knobs):
     return not vm.run(HOT, 2_000_000).crashed
 
 
+def _pebs_off_really_stops(knobs):
+    host, vm, g = vm_with(knobs)
+    S.manual_pebs(g, threshold_records=4)
+    vm.vcpus[0].wrmsr(M.MSR_IA32_PEBS_ENABLE, 0)     # pins dropped here
+    host.reclaim(10_000)
+    res = vm.run(HOT, 2_000_000)
+    return not res.crashed and vm.trace.of("PEBS_WRITE").size == 0
+
+
 DEMOS = {
+    "reprogram_on_pebs_enable": _pebs_off_really_stops,
     "pebs_msrs_gate": _hidden_pebs_gp,
     "pin": _last_page_pinned,
     "pin_limit": _straddle_all_pinned,

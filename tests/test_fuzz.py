@@ -247,7 +247,6 @@ def deadline(seconds):
         raise AssertionError(f"still running after {seconds} s: the host hung") from None
 
 
-@pytest.mark.xfail(strict=True, reason=F.KNOWN_BUGS["fixed-stale-precise-event"])
 def test_fixed_pebs_enable_0_stops_pebs_before_dropping_the_pins():
     host, vm, guest = make("fixed")
     S.manual_pebs(guest, buf_pages=4, period=97, event=0x00C0)
@@ -263,7 +262,6 @@ def test_fixed_pebs_enable_0_stops_pebs_before_dropping_the_pins():
     assert not res.crashed
 
 
-@pytest.mark.xfail(strict=True, reason=F.KNOWN_BUGS["fixed-ds-area-repin-unchecked"])
 def test_fixed_refuses_a_ds_area_it_cannot_pin_while_pebs_is_enabled():
     host, vm, guest = make("fixed")
     S.manual_pebs(guest, buf_pages=4, period=97, event=0x00C0)
@@ -295,7 +293,6 @@ def test_fixed_survives_a_context_switch_then_reclaim():
     assert not vm.run(HOT, 20_000).crashed
 
 
-@pytest.mark.xfail(strict=True, reason=F.KNOWN_BUGS["needed-pages-unbounded"])
 def test_fixed_refuses_a_huge_pebs_buffer_without_hanging():
     host, vm, guest = make("fixed")
     st = S.manual_pebs(guest, buf_pages=2)
@@ -307,7 +304,6 @@ def test_fixed_refuses_a_huge_pebs_buffer_without_hanging():
             v.wrmsr(M.MSR_IA32_PEBS_ENABLE, 1)
 
 
-@pytest.mark.xfail(strict=True, reason=F.KNOWN_BUGS["pmi-handler-page-fault"])
 def test_a_page_fault_in_the_guest_pmi_handler_crashes_the_guest_not_python():
     host, vm, guest = make("patch")
     st = S.manual_pebs(guest, buf_pages=4, threshold_records=30, period=97, event=0x00C0)
@@ -319,7 +315,6 @@ def test_a_page_fault_in_the_guest_pmi_handler_crashes_the_guest_not_python():
     assert len(vm.trace.of("GUEST_CRASH")) == 1
 
 
-@pytest.mark.xfail(strict=True, reason=F.KNOWN_BUGS["icelake-fw-writes"])
 def test_icelake_full_width_counter_alias_exists_when_fw_writes_is_advertised():
     _, vm, guest = make("icelake", cpu="icelake")
     v = vm.vcpus[0]
@@ -331,7 +326,6 @@ def test_icelake_full_width_counter_alias_exists_when_fw_writes_is_advertised():
         v.wrmsr(M.MSR_IA32_PMC0, 1 << 48)
 
 
-@pytest.mark.xfail(strict=True, reason=F.KNOWN_BUGS["icelake-fixed-ctr-sext"])
 def test_icelake_fixed_counters_are_written_full_width():
     _, vm, _ = make("icelake", cpu="icelake")
     v = vm.vcpus[0]
@@ -339,8 +333,6 @@ def test_icelake_fixed_counters_are_written_full_width():
     assert v.rdmsr(M.MSR_CORE_PERF_FIXED_CTR0) == 0x800000000001
 
 
-@pytest.mark.xfail(strict=True, reason="needs both icelake-fw-writes and "
-                   "icelake-fixed-ctr-sext: " + F.KNOWN_BUGS["icelake-fw-writes"])
 def test_icelake_guest_perf_stat_counts():
     # with FW_WRITES Linux presets counters with (-max_period) & mask through 0x4c1 and
     # the fixed counters (max_period = 2**47 - 1): both must take the full 48 bits
@@ -360,7 +352,6 @@ def test_patch_fixed_counter_writes_are_sign_extended_as_in_2014():
     assert v.rdmsr(M.MSR_CORE_PERF_FIXED_CTR0) == (1 << 48) - 1
 
 
-@pytest.mark.xfail(strict=True, reason=F.KNOWN_BUGS["icelake-in-txcp"])
 def test_icelake_in_txcp_only_on_counter_2():
     _, vm, _ = make("icelake", cpu="icelake")
     v = vm.vcpus[0]
@@ -389,14 +380,18 @@ def test_a_migrated_guest_keeps_profiling_on_the_destination():
     assert res.pmis_injected > 0 and not res.crashed
 
 
-@pytest.mark.xfail(strict=True, reason=F.KNOWN_BUGS["ds-area-zero-unswitched"])
 @pytest.mark.parametrize("design,cpu", [("fixed", "silvermont"), ("icelake", "icelake")])
 def test_guest_ds_area_0_is_what_the_pebs_assist_uses(design, cpu):
     # with DS_AREA = 0 the assist reads the DS fields at 0x20.. of the *guest's* address
-    # space (a self-inflicted page fault), never at the host's DS_AREA
+    # space (a self-inflicted page fault), never at the host's DS_AREA; `fixed` refuses
+    # the write outright because it cannot pin a DS area at 0 while PEBS is on
     _, vm, guest = make(design, cpu=cpu)
     S.manual_pebs(guest, buf_pages=4, period=97, event=0x00C0)
     vm.run(HOT, 500)
+    if design == "fixed":
+        with pytest.raises(pl.GuestFault):
+            vm.vcpus[0].wrmsr(M.MSR_IA32_DS_AREA, 0)
+        return
     vm.vcpus[0].wrmsr(M.MSR_IA32_DS_AREA, 0)
     vm.run(HOT, 2_000)
     faults = vm.trace.rows("PEBS_FAULT")

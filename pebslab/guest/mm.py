@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from pebslab.errors import GuestFault
 from pebslab.hw.mmu import (LEVEL_NAMES, PAGE_SIZE, PAGE_SHIFT, PTE_ADDR_MASK,
                             PTE_P, PTE_PS, PTE_RW, PTE_US)
 
@@ -34,7 +35,7 @@ _LOW_HALF_END = 1 << 47               # first non-canonical address
 _HIGH_HALF_START = _U64_MAX - (1 << 47) + 1
 
 
-class GuestPageFault(Exception):
+class GuestPageFault(GuestFault):
     """A page fault taken by the guest kernel's own access through GuestMM.
 
     pebslab only (the fault a real kernel would take in its #PF handler,
@@ -54,7 +55,11 @@ class GuestPageFault(Exception):
             why = f"{name} entry (level {self.level}) is read-only"
         else:
             why = f"{name} entry (level {self.level}) not present"
-        super().__init__(f"guest page fault on a {access} of GVA {self.gva:#x}: {why}")
+        self.msr = None
+        self.value = None
+        self.vector = "#PF"
+        self.reason = why
+        Exception.__init__(self, f"guest page fault on a {access} of GVA {self.gva:#x}: {why}")
 
 
 def _check_int(name, value, low, high):

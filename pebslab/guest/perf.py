@@ -1148,8 +1148,12 @@ class GuestPerf:
         info = self._need_pmu()
         if isinstance(events, str):
             events = [events]
-        if not isinstance(events, (list, tuple)) or not events:
-            raise TypeError("events must be an event name or a non-empty list of names")
+        if not isinstance(events, (list, tuple)):
+            raise TypeError(f"events must be an event name or a non-empty list of names; got "
+                            f"{type(events).__name__} {events!r}")
+        if not events:
+            raise ValueError(f"events must be an event name or a non-empty list of names; "
+                             f"got {events!r}")
         evs = []
         for e in events:
             spec = parse_event(e, info)

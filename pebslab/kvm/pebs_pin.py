@@ -22,6 +22,8 @@ from ..hw.pebs import DS_SIZE_PATCH, PAGE_SIZE
 PAGE_MASK = ~(PAGE_SIZE - 1)
 MAX_PINNED_PAGES = 17          # "64k buffer + ds"
 UNMAPPED_GVA = -1
+#: needed_pages() refuses ranges larger than this (1 GiB of 4 KiB pages)
+MAX_NEEDED_PAGES = 1 << 18
 
 
 def kvm_pmu_release_pin(vcpu) -> None:
@@ -139,7 +141,9 @@ def patch_pin_plan(ds_area: int, buffer_base: int, absolute_maximum: int,
     """
     for name, v in (("ds_area", ds_area), ("buffer_base", buffer_base),
                     ("absolute_maximum", absolute_maximum)):
-        if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < 1 << 64:
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise TypeError(f"{name} must be an int in 0..2**64-1; got {type(v).__name__} {v!r}")
+        if not 0 <= v < 1 << 64:
             raise ValueError(f"{name} must be an int in 0..2**64-1; got {v!r}")
     if not isinstance(limit, int) or limit < 1:
         raise ValueError(f"limit must be a positive int; got {limit!r}")
@@ -155,20 +159,37 @@ def patch_pin_plan(ds_area: int, buffer_base: int, absolute_maximum: int,
 
 
 def needed_pages(ds_area: int, buffer_base: int, absolute_maximum: int,
-                 ds_size: int = DS_SIZE_PATCH) -> list[int]:
+                 ds_size: int = DS_SIZE_PATCH, limit: int | None = None) -> list[int]:
     """Every guest virtual page the CPU may touch: the DS area and [base, absolute_maximum).
 
-    pebslab only: what a correct pin must cover.
+    pebslab only: what a correct pin must cover. The values come from guest
+    memory, so the count is computed first: with ``limit`` set, more pages
+    than that raise ValueError instead of building a huge list (a guest must
+    not be able to make one WRMSR take the host forever).
     """
-    pages = []
-    first = ds_area & PAGE_MASK
-    last = (ds_area + ds_size - 1) & PAGE_MASK
-    pages.extend(range(first, last + PAGE_SIZE, PAGE_SIZE))
+    for name, v in (("ds_area", ds_area), ("buffer_base", buffer_base),
+                    ("absolute_maximum", absolute_maximum), ("ds_size", ds_size)):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise TypeError(f"{name} must be an int in 0..2**64-1; got {type(v).__name__} {v!r}")
+        if not 0 <= v < 1 << 64:
+            raise ValueError(f"{name} must be in 0..2**64-1; got {v}")
+    first_ds = ds_area & PAGE_MASK
+    last_ds = (ds_area + max(ds_size, 1) - 1) & PAGE_MASK
+    n = (last_ds - first_ds) // PAGE_SIZE + 1
+    if absolute_maximum > buffer_base:
+        n += (((absolute_maximum - 1) & PAGE_MASK) - (buffer_base & PAGE_MASK)) // PAGE_SIZE + 1
+    cap = MAX_NEEDED_PAGES if limit is None else limit
+    if n > cap:
+        raise ValueError(f"absolute_maximum {absolute_maximum:#x} makes the DS area and buffer "
+                         f"span {n} pages; at most {cap} allowed")
+    pages: list[int] = list(range(first_ds, last_ds + PAGE_SIZE, PAGE_SIZE))
+    seen = set(pages)
     if absolute_maximum > buffer_base:
         first = buffer_base & PAGE_MASK
         last = (absolute_maximum - 1) & PAGE_MASK
         for p in range(first, last + PAGE_SIZE, PAGE_SIZE):
-            if p not in pages:
+            if p not in seen:
+                seen.add(p)
                 pages.append(p)
     return pages
 
@@ -191,10 +212,11 @@ def kvm_pmu_pebs_pin_fixed(vcpu) -> bool:
         vcpu.trace("NOTE", gva=ds_area, info=f"Cannot read ds area {ds_area:#x}")
         return False
     ds = _unpack_ds(raw)
-    pages = needed_pages(ds_area, ds["pebs_buffer_base"], ds["pebs_absolute_maximum"])
-    if len(pages) > vcpu.design.pin_limit:
-        vcpu.trace("NOTE", info=f"PEBS buffer needs {len(pages)} pages > "
-                                f"limit {vcpu.design.pin_limit}: refused")
+    try:
+        pages = needed_pages(ds_area, ds["pebs_buffer_base"], ds["pebs_absolute_maximum"],
+                             limit=vcpu.design.pin_limit)
+    except ValueError as e:
+        vcpu.trace("NOTE", info=f"PEBS buffer refused: {e}")
         return False
     pinned = []
     if vcpu.design.pin_page_tables:

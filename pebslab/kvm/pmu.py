@@ -182,9 +182,17 @@ def kvm_pmu_msr(vcpu, msr: int) -> bool:
     if msr in (M.MSR_CORE_PERF_FIXED_CTR_CTRL, M.MSR_CORE_PERF_GLOBAL_STATUS,
                M.MSR_CORE_PERF_GLOBAL_CTRL, M.MSR_CORE_PERF_GLOBAL_OVF_CTRL):
         return pmu.version > 1
+    if fw_writes(vcpu) and get_gp_pmc(pmu, msr, M.MSR_IA32_PMC0):
+        return True
     return bool(get_gp_pmc(pmu, msr, M.MSR_IA32_PERFCTR0)
                 or get_gp_pmc(pmu, msr, M.MSR_P6_EVNTSEL0)
                 or get_fixed_pmc(pmu, msr))
+
+
+def fw_writes(vcpu) -> bool:
+    """Does this guest have the full-width counter alias (upstream, FW_WRITES)?"""
+    return vcpu.design.upstream_msr_semantics and \
+        bool(vcpu.pmu.perf_capabilities & M.PERF_CAP_FW_WRITES)
 
 
 def guest_perf_capabilities(vcpu) -> int:
@@ -362,6 +370,15 @@ def global_idx_to_pmc(pmu: KvmPmu, idx: int) -> KvmPmc | None:
     return pmu.fixed_counters[f] if f < pmu.nr_arch_fixed_counters else None
 
 
+def _reprogram_bits(vcpu, diff: int) -> None:
+    """reprogram_idx() for every set bit of ``diff``."""
+    bit = 0
+    while diff >> bit:
+        if diff >> bit & 1:
+            reprogram_idx(vcpu, bit)
+        bit += 1
+
+
 def global_ctrl_changed(vcpu, data: int) -> None:
     """Reprogram every counter whose GLOBAL_CTRL bit flipped (global_ctrl_changed)."""
     pmu = vcpu.pmu
@@ -400,6 +417,8 @@ def kvm_pmu_get_msr(vcpu, index: int) -> int:
     if index == M.MSR_PEBS_DATA_CFG:
         return pmu.pebs_data_cfg
     pmc = get_gp_pmc(pmu, index, M.MSR_IA32_PERFCTR0) or get_fixed_pmc(pmu, index)
+    if pmc is None and fw_writes(vcpu):
+        pmc = get_gp_pmc(pmu, index, M.MSR_IA32_PMC0)
     if pmc is not None:
         return read_pmc(vcpu, pmc)
     pmc = get_gp_pmc(pmu, index, M.MSR_P6_EVNTSEL0)
@@ -458,43 +477,58 @@ def kvm_pmu_set_msr(vcpu, index: int, data: int, host_initiated: bool = False) -
         pmu.ds_area = data
         if d.repin_on_ds_area_write and pmu.pebs_enable and data != old:
             pebs_pin.kvm_pmu_release_pin(vcpu)
-            pebs_pin.pin_for_design(vcpu)
+            if not pebs_pin.pin_for_design(vcpu) and d.pin_failure == "gp":
+                # refuse the new area: keep the old one, pinned as before
+                pebs_pin.kvm_pmu_release_pin(vcpu)
+                pmu.ds_area = old
+                pebs_pin.pin_for_design(vcpu)
+                raise GuestFault("#GP", msr=index, value=data,
+                                 reason="cannot pin the new DS area and PEBS buffer")
         return
     elif index == M.MSR_IA32_PEBS_ENABLE:
         bad = data & ~pebs_enable_valid(vcpu)
         if bad:
             raise GuestFault("#GP", msr=index, value=data,
                              reason=f"reserved PEBS_ENABLE bits {bad:#x}")
+        old = pmu.pebs_enable
+        if d.reprogram_on_pebs_enable and data != old:
+            # stop/restart the counters whose PEBS bit flips *before* the pins change,
+            # so no precise host event outlives its pinned memory
+            pmu.pebs_enable = data
+            _reprogram_bits(vcpu, old ^ data)
+            pmu.pebs_enable = old
         if d.pin != "none":
             if data and data != pmu.pebs_enable:
                 pebs_pin.kvm_pmu_release_pin(vcpu)
                 ok = pebs_pin.pin_for_design(vcpu)
                 if not ok and d.pin_failure == "gp":
                     pebs_pin.kvm_pmu_release_pin(vcpu)
+                    if d.reprogram_on_pebs_enable and data != old:
+                        _reprogram_bits(vcpu, old ^ data)      # back to the old events
                     raise GuestFault("#GP", msr=index, value=data,
                                      reason="cannot pin the DS area and PEBS buffer")
             elif data == 0 and pmu.pebs_enable:
                 pebs_pin.kvm_pmu_release_pin(vcpu)
-        old = pmu.pebs_enable
         pmu.pebs_enable = data
-        if d.data_cfg and old != data:
-            # upstream (icelake design): reprogram the counters whose PEBS bit flipped
-            diff = old ^ data
-            bit = 0
-            while diff >> bit:
-                if diff >> bit & 1:
-                    reprogram_idx(vcpu, bit)
-                bit += 1
         return
     elif index == M.MSR_PEBS_DATA_CFG:
         if not data & ~M.KVM_PEBS_DATA_CFG_VALID:
             pmu.pebs_data_cfg = data
             return
     else:
+        full = get_gp_pmc(pmu, index, M.MSR_IA32_PMC0) if fw_writes(vcpu) else None
         pmc = get_gp_pmc(pmu, index, M.MSR_IA32_PERFCTR0) or get_fixed_pmc(pmu, index)
+        if full is not None:
+            # full-width alias: no sign extension; bits above the width #GP
+            if data & ~pmc_bitmask(pmu, full):
+                raise GuestFault("#GP", msr=index, value=data,
+                                 reason="bits above the counter width")
+            full.counter = (full.counter + data - read_pmc(vcpu, full)) & pmc_bitmask(pmu, full)
+            return
         if pmc is not None:
-            if not host_initiated:
-                # guest writes to the legacy alias are sign-extended from 32 bits
+            upstream_fixed = vcpu.design.upstream_msr_semantics and pmc.type == KVM_PMC_FIXED
+            if not host_initiated and not upstream_fixed:
+                # 2014: guest counter writes are sign-extended from 32 bits
                 data = data & 0xFFFFFFFF
                 if data & 0x80000000:
                     data |= ~0xFFFFFFFF
@@ -504,6 +538,10 @@ def kvm_pmu_set_msr(vcpu, index: int, data: int, host_initiated: bool = False) -
         if pmc is not None:
             if data == pmc.eventsel:
                 return
+            if vcpu.design.upstream_msr_semantics and data & M.HSW_IN_TX_CHECKPOINTED \
+                    and pmc.idx != 2:
+                raise GuestFault("#GP", msr=index, value=data,
+                                 reason="IN_TXCP is allowed on counter 2 only")
             if not data & pmu.reserved_bits:
                 reprogram_gp_counter(vcpu, pmc, data)
                 return

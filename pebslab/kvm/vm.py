@@ -93,6 +93,9 @@ class GuestPhys:
         return self.vm.memory_pages
 
     def _hpa(self, gpa: int) -> int:
+        if self.vm.destroyed:
+            raise ValueError("the VM has been destroyed: its guest memory is gone "
+                             "(create a new VM)")
         gfn = gpa >> 12
         if not 0 <= gfn < self.vm.memory_pages:
             raise ValueError(f"gpa must be below {self.vm.memory_pages * PAGE:#x} "
@@ -474,7 +477,10 @@ class VM:
                                          f"{len(old)} -> {len(v.pmu.pinned_pages)} frames"
                                          + ("" if ok else "; pinning FAILED: PEBS disabled"))
                     if not ok:
+                        old_bits = v.pmu.pebs_enable
                         v.pmu.pebs_enable = 0
+                        if v.design.reprogram_on_pebs_enable:
+                            kpmu._reprogram_bits(v, old_bits)
         finally:
             self._in_track = False
 

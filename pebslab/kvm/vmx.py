@@ -143,7 +143,11 @@ def vmx_prepare_msrs(vcpu) -> None:
             if not ok and d.autoload_full == "disable_pebs":
                 _drop_guest_pebs(vcpu)
         elif d.ds_area_clear_on_zero:
-            clear_atomic_switch_msr(vcpu, M.MSR_IA32_DS_AREA)
+            if pmu.pebs_enable:
+                # PEBS may still be armed: switch a 0 in rather than the host's area
+                add_atomic_switch_msr(vcpu, M.MSR_IA32_DS_AREA, 0, perf_hw.HOST_DS_AREA)
+            else:
+                clear_atomic_switch_msr(vcpu, M.MSR_IA32_DS_AREA)
     if d.data_cfg and pmu.pebs_enable:
         add_atomic_switch_msr(vcpu, M.MSR_PEBS_DATA_CFG, pmu.pebs_data_cfg, 0)
 

@@ -148,8 +148,10 @@ def _name(r: PageRow) -> str:
 
 
 def _check(name, value, lo, hi, step=1):
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi \
-            or value % step:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int in {lo}..{hi}; got {type(value).__name__} "
+                        f"{value!r}")
+    if not lo <= value <= hi or value % step:
         extra = f" in steps of {step}" if step > 1 else ""
         raise ValueError(f"{name} must be an int in {lo}..{hi}{extra}; got {value!r}")
     return value
