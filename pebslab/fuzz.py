@@ -1064,8 +1064,8 @@ class Campaign:
             self.ds_repin_failed[v.index] = not v.pmu.pinned_pages
         if out == "GP":
             if accept:
-                if msr == M.MSR_IA32_PEBS_ENABLE and self.vm.design.pin_failure == "gp" \
-                        and "cannot pin" in r.reason:
+                if msr in (M.MSR_IA32_PEBS_ENABLE, M.MSR_IA32_DS_AREA) \
+                        and self.vm.design.pin_failure == "gp" and "cannot pin" in r.reason:
                     return "GP"     # the `fixed` design refuses PEBS it cannot make safe
                 self._msr_violation(msr, value, f"WRMSR {M.msr_name(msr)} {value:#x} #GP'd; "
                                                 f"the spec accepts it")
