@@ -80,7 +80,7 @@ def test_pointer_chase_latencies():
     assert (w.llc_miss[loads] == (w.latency[loads] == 250)).all()
     assert (w.cycles[loads] == w.latency[loads]).all()
     a = w.addr[loads]
-    assert (a >= 0x7F00_0000_0000).all() and (a < 0x7F00_0000_0000 + (64 << 20)).all()
+    assert (a >= W.HEAP_BASE).all() and (a < W.HEAP_BASE + (64 << 20)).all()
     assert (a % 64 == 0).all()
 
 
