@@ -5,9 +5,11 @@ KVM with the 2014 "kvm: Implement PEBS virtualization" patch (and its
 variants) and a guest kernel with a Linux-like perf driver.
 """
 
-from . import designs, errors, trace, workloads
-from .designs import DESIGN_NAMES, Design, get_design
-from .errors import GuestCrash, GuestFault, HostCrash
+from . import trace, workloads
+from .hw import errors
+from .kvm import designs
+from .kvm.designs import DESIGN_NAMES, Design, get_design
+from .hw.errors import GuestCrash, GuestFault, HostCrash
 from .hw import cpuid, msr, pebs
 from .hw.models import MODELS, get_model
 from .system import Host

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import GuestCrash, GuestFault
+from .hw.errors import GuestCrash, GuestFault
 from .hw import core as C
 from .hw import cpuid as cpuid_mod
 from .hw.mmu import PAGE_SIZE

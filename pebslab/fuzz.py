@@ -73,8 +73,8 @@ import numpy as np
 
 from . import scenarios as S
 from . import workloads as W
-from .designs import DESIGN_NAMES, get_design
-from .errors import GuestCrash, GuestFault
+from .kvm.designs import DESIGN_NAMES, get_design
+from .hw.errors import GuestCrash, GuestFault
 from .guest.kernel import GuestKernel
 from .guest.mm import GuestPageFault
 from .guest.perf import PerfOpenError

@@ -7,7 +7,7 @@ imports kvm/, kvm/ never imports guest/; this module wires them together.
 from __future__ import annotations
 
 from ._check import check_int
-from .designs import get_design
+from .kvm.designs import get_design
 from .host.mm import HostMM
 from .hw import cpuid as CPUID
 from .hw.models import get_model

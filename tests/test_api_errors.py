@@ -320,7 +320,7 @@ CASES = [
          ValueError, "event", 0x10000),
     Case("manual_pebs-counter-vs-pmu", on_vm(lambda h, vm, g: S.manual_pebs(g, counter=5)),
          ValueError, "counter", 5),
-    # ---- pebslab.designs.get_design ------------------------------------------------------------
+    # ---- pebslab.kvm.designs.get_design ------------------------------------------------------------
     Case("get_design-design-value", lambda: pl.get_design("v2"), ValueError, "design", "v2"),
     Case("get_design-design-type", lambda: pl.get_design(None), TypeError, "design",
          "NoneType"),

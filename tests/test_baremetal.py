@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pebslab.baremetal import BareMetal, RunResult, identity_ept
-from pebslab.errors import GuestCrash, GuestFault
+from pebslab.hw.errors import GuestCrash, GuestFault
 from pebslab.guest.kernel import GuestKernel
 from pebslab.hw import core as C
 from pebslab.hw import cpuid

@@ -1,6 +1,6 @@
 """Every correction of the `fixed` design, one at a time, against the `patch` behaviour.
 
-For each knob in pebslab.designs.FIXES: the same scenario runs under
+For each knob in pebslab.kvm.designs.FIXES: the same scenario runs under
 `patch` and under `patch` with only that knob (plus its stated
 prerequisites) set as in `fixed`; the outcomes must differ the way the
 fix says. The full `fixed` design must also show the fixed outcome.
@@ -12,7 +12,7 @@ import pytest
 
 import pebslab as pl
 from pebslab import scenarios as S
-from pebslab.designs import FIXED, FIXES
+from pebslab.kvm.designs import FIXED, FIXES
 from pebslab.hw import msr as M
 
 HOT = pl.workloads.hot_loop()

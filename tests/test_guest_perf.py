@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from pebslab.baremetal import BareMetal
-from pebslab.errors import GuestFault
+from pebslab.hw.errors import GuestFault
 from pebslab.guest import perf as gp
 from pebslab.guest.kernel import GuestKernel
 from pebslab.hw import core as C

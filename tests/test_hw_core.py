@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pebslab.errors import GuestFault
+from pebslab.hw.errors import GuestFault
 from pebslab.guest.mm import GuestMM
 from pebslab.hw import core as C
 from pebslab.hw import msr as M

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..errors import GuestFault
+from ..hw.errors import GuestFault
 from ..hw import msr as M
 from ..hw.models import get_model
 from ._base import run_cases

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pebslab.errors import GuestFault
+from pebslab.hw.errors import GuestFault
 from pebslab.hw.mmu import (LEVEL_NAMES, PAGE_SIZE, PAGE_SHIFT, PTE_ADDR_MASK,
                             PTE_P, PTE_PS, PTE_RW, PTE_US)
 

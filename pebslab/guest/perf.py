@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import GuestFault
+from ..hw.errors import GuestFault
 from ..hw import msr as M
 from ..hw import pebs as P
 from ..hw.models import (EV_LLC_MISS, EV_LLC_REF, EV_LOADS, EV_STORES, MODELS, CpuModel,

@@ -39,13 +39,8 @@ STATE_RESIDENT = 1
 #: Frames 0 .. DEFAULT_RESERVED_HOST_FRAMES-1 belong to the host kernel.
 DEFAULT_RESERVED_HOST_FRAMES = 16
 
-#: EPT leaf-entry bits (Intel SDM Vol. 3C, "EPT Translation Mechanism").
-EPT_R = 1 << 0
-EPT_W = 1 << 1
-EPT_X = 1 << 2
-EPT_RWX = EPT_R | EPT_W | EPT_X
-#: Bits 51:12: the host physical address of the 4 KiB frame.
-EPT_ADDR_MASK = ((1 << 52) - 1) & ~(PAGE_SIZE - 1)
+# EPT leaf-entry bits are defined once, in hw/mmu.py (the hardware format).
+from ..hw.mmu import EPT_ADDR_MASK, EPT_R, EPT_RWX, EPT_W, EPT_X  # noqa: E402,F401
 
 
 class HostOutOfMemory(MemoryError):

@@ -38,7 +38,7 @@ import types
 import numpy as np
 
 from .._jit import njit
-from ..errors import GuestFault
+from .errors import GuestFault
 from . import msr as M
 from .mmu import XLATE_EPT, XLATE_OK, XLATE_PF, tlb_new, translate
 from .models import (EV_BR_MISP, EV_BRANCHES, EV_CYCLES, EV_INST, EV_LLC_MISS, EV_LLC_REF,

@@ -68,6 +68,7 @@ PTE_ADDR_MASK = 0x000F_FFFF_FFFF_F000  # bits 51:12
 EPT_R = 1
 EPT_W = 2
 EPT_X = 4
+EPT_RWX = EPT_R | EPT_W | EPT_X
 EPT_ADDR_MASK = PTE_ADDR_MASK
 
 # --- translation result codes (docs/ARCHITECTURE.md) -------------------------
@@ -507,6 +508,39 @@ def write_guest(mem, ept, cr3, gva, data, tlb=None):
     for hpa, length in _pieces(mem, ept, cr3, gva, len(data), True, tlb):
         mem[hpa:hpa + length] = buf[pos:pos + length]
         pos += length
+
+
+def walk_tables(read_entry, cr3, gva):
+    """Yield the guest page-table entries the CPU reads to translate ``gva``.
+
+    pebslab only: the one software page-table walker. KVM (pinning,
+    gva_to_gpa), the guest kernel, the fuzzer and the explorers all use it;
+    the numba hot path (_walk) is its compiled twin, extended with EPT and
+    access rights. ``read_entry(entry_gpa)`` returns the 8-byte entry at a
+    guest physical address, or None when that GPA cannot be read (no
+    memslot / not in EPT), which ends the walk. Yields
+    ``(level, entry_gpa, entry)`` with level 4 (PML4) .. 1 (PT), top first;
+    entry is None for the unreadable entry. The walk stops after a
+    not-present entry or a leaf (PT entry, or PS set in a PDPT / PD entry).
+    The caller checks canonicality (is_canonical) first.
+    """
+    table = cr3 & PTE_ADDR_MASK
+    for level in (4, 3, 2, 1):
+        shift = 3 + 9 * level
+        entry_gpa = table + 8 * ((gva >> shift) & 0x1FF)
+        entry = read_entry(entry_gpa)
+        yield level, entry_gpa, entry
+        if entry is None or not entry & PTE_P:
+            return
+        if level <= 3 and entry & PTE_PS:
+            return
+        table = entry & PTE_ADDR_MASK
+
+
+def leaf_gpa(level, entry, gva):
+    """The GPA a present leaf entry at ``level`` maps ``gva`` to (4 KiB, 2 MiB or 1 GiB page)."""
+    size = 1 << (3 + 9 * level)
+    return (entry & PTE_ADDR_MASK & ~(size - 1)) | (gva & (size - 1))
 
 
 _FLAG_NAMES = ((PTE_P, "P"), (PTE_RW, "RW"), (PTE_US, "US"), (PTE_PWT, "PWT"),

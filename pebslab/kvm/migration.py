@@ -37,8 +37,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from ..designs import Design, get_design
-from ..errors import GuestFault
+from .designs import Design, get_design
+from ..hw.errors import GuestFault
 from ..host.mm import EPT_ADDR_MASK, EPT_R, EPT_W
 from ..hw import core as C
 from ..hw import cpuid as CPUID

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..errors import GuestFault
+from ..hw.errors import GuestFault
 from ..host import perf as P
 from ..hw import msr as M
 from ..hw.core import is_canonical

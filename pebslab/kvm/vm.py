@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..designs import Design
-from ..errors import GuestCrash, GuestFault
+from .designs import Design
+from ..hw.errors import GuestCrash, GuestFault
 from ..host import perf_hw
 from ..host.mm import EPT_ADDR_MASK, EPT_R, HostMM
 from ..host.perf import HostPerf, PerfEvent

@@ -27,8 +27,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle
 
 from .. import scenarios
-from ..designs import DESIGN_NAMES
-from ..errors import GuestFault
+from ..kvm.designs import DESIGN_NAMES
+from ..hw.errors import GuestFault
 from ..hw import mmu
 from ..hw.models import MODELS
 

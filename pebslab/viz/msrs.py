@@ -16,8 +16,8 @@ behind each panel comes from :func:`perf_cap_rows` and :func:`msr_write`.
 
 from __future__ import annotations
 
-from ..designs import DESIGN_NAMES
-from ..errors import GuestFault
+from ..kvm.designs import DESIGN_NAMES
+from ..hw.errors import GuestFault
 from ..hw import cpuid as CPUID
 from ..hw import msr as M
 from ..hw import pebs as PEBS

@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
 from .. import scenarios
-from ..errors import GuestFault
+from ..hw.errors import GuestFault
 from ..guest.kernel import GuestKernel
 from ..hw import pebs as PEBS
 from ..kvm import pebs_pin

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import workloads as WL
-from ..designs import DESIGN_NAMES
+from ..kvm.designs import DESIGN_NAMES
 from ..trace import KIND_ID, KINDS
 from .._check import check_int as _check_int, is_int as _is_int
 

@@ -27,7 +27,7 @@ class GuestFault(PebslabFault):
         self.reason = reason
         parts = [vector]
         if msr is not None:
-            from .hw.msr import msr_name
+            from .msr import msr_name
             parts.append(f"on {'WRMSR' if value is not None else 'RDMSR'} "
                          f"{msr_name(msr)} ({msr:#x})")
         if value is not None:
