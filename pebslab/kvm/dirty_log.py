@@ -23,6 +23,11 @@ from ..hw.mmu import EPT_ADDR_MASK, EPT_R, EPT_W
 
 _NOT_W = np.uint64(~EPT_W & 0xFFFFFFFFFFFFFFFF)
 
+#: Cycles charged for KVM's handling of a write-protection fault during dirty
+#: logging (fast_page_fault: set W in the EPT entry, mark the gfn dirty).
+#: ASSUMPTION: priced like a page-track exit (Costs.page_track_exit); no source in FACTS.md.
+DIRTY_FAULT_CYCLES = 1500
+
 
 class DirtyLog:
     """One VM's dirty-logging state.
@@ -96,7 +101,7 @@ class DirtyLog:
         """
         vm = self.vm
         v = vm.vcpus[0]
-        cost = vm.costs.dirty_log_fault
+        cost = DIRTY_FAULT_CYCLES
         if count_exit:
             v._exit("EPT_VIOLATION", vm.costs.vmexit, gpa=gfn << 12)
         v.charge(cost)

@@ -55,9 +55,6 @@ class Costs:
     ept_populate: int = 2000
     host_tick: int = 2000
     page_track_exit: int = 1500
-    #: KVM's handling of a write-protection fault during dirty logging
-    #: (fast_page_fault: set W, mark the gfn dirty); priced like a page-track exit
-    dirty_log_fault: int = 1500
 
 
 #: Host timer tick, in guest cycles between forced exits (HZ=1000 at 2 GHz).
