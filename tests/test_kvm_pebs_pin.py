@@ -152,3 +152,49 @@ def test_destroy_returns_every_frame_and_refcount():
         assert np.array_equal(host.mm.refcount, ref0)
         assert np.array_equal(host.mm.owner, owner0)
         host.mm.check_invariants()
+
+
+# --------------------------------------------------------------------------- the patch's arithmetic
+
+def test_patch_pin_plan_follows_the_posted_loops():
+    # len = min(PAGE_SIZE - offset, sizeof(struct debug_store) = 96): a DS area at offset
+    # 0xFA0 leaves 96 bytes in its page (one pin), at 0xFA1 it straddles (two pins)
+    assert pebs_pin.DS_SIZE_PATCH == 96
+    assert pebs_pin.patch_pin_plan(0x10FA0, 0x20000, 0x21000) == [0x10000, 0x20000]
+    assert pebs_pin.patch_pin_plan(0x10FA1, 0x20000, 0x21000) == [0x10000, 0x11000, 0x20000]
+    # for (addr = base; addr < absolute_maximum && pg < MAX_PINNED_PAGES; addr += PAGE_SIZE):
+    # an unaligned base steps past the last page; the total stops at 17
+    assert pebs_pin.patch_pin_plan(0x10000, 0x20800, 0x22800) == [0x10000, 0x20000, 0x21000]
+    big = pebs_pin.patch_pin_plan(0x10000, 0x20000, 0x20000 + 64 * 4096)
+    assert len(big) == pebs_pin.MAX_PINNED_PAGES == 17
+    assert big[-1] == 0x20000 + 15 * 4096
+
+
+def test_needed_pages_covers_every_byte_the_cpu_may_touch():
+    assert pebs_pin.needed_pages(0x10FA1, 0x20800, 0x22800) == [0x10000, 0x11000, 0x20000,
+                                                                 0x21000, 0x22000]
+    with pytest.raises(ValueError, match="absolute_maximum"):
+        pebs_pin.needed_pages(0x10000, 0, 1 << 40, limit=33)
+
+
+def test_pin_of_an_unmapped_ds_area_pins_nothing():
+    # get_guest_page: gva_to_gpa == UNMAPPED_GVA -> NULL; pin_and_copy -> -EIO; return
+    host, vm, guest = make("patch")
+    v = vm.vcpus[0]
+    v.wrmsr(M.MSR_IA32_DS_AREA, 0x7000_0000_0000)         # canonical, not mapped
+    v.wrmsr(M.MSR_IA32_PEBS_ENABLE, 1)
+    assert v.pmu.pinned_pages == []
+    assert any("Cannot translate guest page" in i for i in vm.trace.info_of("NOTE"))
+
+
+def test_vm_gva_to_gpa_uses_the_guest_page_tables():
+    host, vm, guest = make("patch")
+    gva = guest.mm.alloc(2)
+    v = vm.vcpus[0]
+    gpa = v.gva_to_gpa(gva)
+    assert gpa >= 0 and gpa & 0xFFF == gva & 0xFFF
+    assert v.gva_to_gpa(gva + 4096 + 5) & 0xFFF == 5
+    assert v.gva_to_gpa(0x0000_8000_0000_0000) == pebs_pin.UNMAPPED_GVA     # non-canonical
+    # four levels of tables map a 4 KiB page: four table frames, the PML4 (CR3) first
+    tables = vm.table_gfns(v.cr3, gva)
+    assert len(tables) == 4 and tables[0] == v.cr3 >> 12
