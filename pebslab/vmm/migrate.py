@@ -28,11 +28,11 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from .._check import check_int
 from ..hw.errors import GuestFault
 from ..hw import core as C
 from ..hw import cpuid as CPUID
 from ..hw import msr as M
-from ..hw.mmu import is_canonical
 from ..hw.models import CpuModel
 from ..hw.pebs import DS_SIZE_PATCH
 from ..kvm import pebs_pin
@@ -569,12 +569,8 @@ def live_migrate(vm, dest_host, workload, rounds: int = 3, instructions_per_roun
     """
     _check_vm(vm)
     _check_host(dest_host)
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or not 0 <= rounds <= 100:
-        raise ValueError(f"rounds must be an int in 0..100; got {rounds!r}")
-    if isinstance(instructions_per_round, bool) or not isinstance(instructions_per_round, int) \
-            or not 0 <= instructions_per_round <= 10**9:
-        raise ValueError(f"instructions_per_round must be an int in 0..10**9; "
-                         f"got {instructions_per_round!r}")
+    check_int("rounds", rounds, 0, 100)
+    check_int("instructions_per_round", instructions_per_round, 0, 10**9)
     report = {"from": vm.cpu.name, "to": dest_host.cpu.name, "design": vm.design.name,
               "pages_sent": [], "dirty": [], "always_dirty": [], "dirty_faults": 0,
               "reasons": [], "crashed": False, "crash_reason": "",
