@@ -33,6 +33,7 @@ import numpy as np
 from .hw.errors import GuestCrash, GuestFault
 from .hw import core as C
 from .hw import cpuid as cpuid_mod
+from .hw import eventlog
 from .hw.mmu import PAGE_SIZE
 from .hw.models import CpuModel, get_model
 from .hw.msr import msr_name
@@ -55,9 +56,6 @@ RDMSR_CYCLES = 100
 WRMSR_CYCLES = 150
 #: ASSUMPTION: cost of one CPUID instruction on bare metal (no exit).
 CPUID_CYCLES = 100
-
-_MASK64 = (1 << 64) - 1
-
 
 def identity_ept(frames: int) -> np.ndarray:
     """Return an identity EPT over ``frames`` guest frames: entry g = (g << 12) | 7.
@@ -241,29 +239,27 @@ class BareMetal:
         return self.vcpus[0]
 
     def _drain_log(self) -> None:
-        """Turn the core's hardware event log into trace rows (time = the row's TSC)."""
-        rows = self.core.take_log()
-        if not self.trace.enabled or len(rows) == 0:
+        """Turn the core's event log (:mod:`pebslab.hw.eventlog`) into trace rows."""
+        events = eventlog.decode(self.core.take_log())
+        if not self.trace.enabled:
             return
         add = self.trace.add
-        for kind, tsc, a, b, c, d in rows.tolist():
-            if kind == C.LOG_OVERFLOW:
-                add("OVERFLOW", tsc, vcpu=0, value=a, gva=c,
-                    info=f"counter {a} overflowed at instruction {b}")
-            elif kind == C.LOG_PEBS_WRITE:
-                add("PEBS_WRITE", tsc, vcpu=0, gva=a, gpa=b, hpa=b, value=d,
-                    info=f"{c}-byte record, counters {d & _MASK64:#x}")
-            elif kind == C.LOG_PEBS_FAULT:
-                add("PEBS_FAULT", tsc, vcpu=0, gva=a, gpa=b, value=c,
+        for ev in events:
+            k, tsc, a, b, c, d = ev
+            if k == "OVERFLOW":
+                add(k, tsc, vcpu=0, value=a, gva=c, info=f"counter {a} overflowed at instruction {b}")
+            elif k == "PEBS_WRITE":
+                add(k, tsc, vcpu=0, gva=a, gpa=b, hpa=b, value=d,
+                    info=f"{c}-byte record, counters {d:#x}")
+            elif k == "PEBS_FAULT":
+                add(k, tsc, vcpu=0, gva=a, gpa=b, value=c,
                     info=f"translation code {c} info {d}: the record is lost")
-            elif kind == C.LOG_PMI:
-                add("PMI", tsc, vcpu=0, value=a, gva=c,
-                    info=f"status {a & _MASK64:#x}, cause {d & _MASK64:#x}, "
-                         f"interrupted instruction {b}")
-            elif kind == C.LOG_PEBS_DROP:
-                add("PEBS_DROP", tsc, vcpu=0, gva=a, value=d,
-                    info=f"buffer full: index {a & _MASK64:#x} + {c} > "
-                         f"absolute maximum {b & _MASK64:#x}")
+            elif k == "PMI":
+                add(k, tsc, vcpu=0, value=a, gva=c,
+                    info=f"status {a:#x}, cause {d:#x}, interrupted instruction {b}")
+            elif k == "PEBS_DROP":
+                add(k, tsc, vcpu=0, gva=a, value=d,
+                    info=f"buffer full: index {a:#x} + {c} > absolute maximum {b:#x}")
 
     def run(self, workload, instructions: int) -> RunResult:
         """Run ``instructions`` instructions of ``workload``, delivering PMIs to the guest.

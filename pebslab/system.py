@@ -65,10 +65,16 @@ class Host:
                 vcpus=vcpus)
         vm.host = self
         vm.tick_hooks.append(self._tick)
+        vm.destroy_hooks.append(self._forget)
         self._next_id += 1
         self._next_pcpu += vcpus
         self.vms.append(vm)
         return vm
+
+    def _forget(self, vm: VM) -> None:
+        """A destroyed VM leaves ``vms`` (KVM drops its last reference)."""
+        if vm in self.vms:
+            self.vms.remove(vm)
 
     def _tick(self, vm: VM, vcpu) -> None:
         if self.pressure:

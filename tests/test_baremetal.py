@@ -218,3 +218,19 @@ def test_ept_violation_on_bare_metal_is_a_crash():
     with pytest.raises(GuestCrash, match="beyond"):
         m.run(W, 100)
     del rec
+
+
+# --------------------------------------------------------------------------- the event log
+
+def test_eventlog_decode_names_the_columns_and_makes_them_unsigned():
+    from pebslab.hw import core as HC
+    from pebslab.hw import eventlog
+    rows = np.array([[HC.LOG_PEBS_WRITE, 10, -0x778000000000, 0x5000, 192, 1],
+                     [HC.LOG_OVERFLOW, 11, 32, 7, 0x401000, 0],
+                     [99, 12, 0, 0, 0, 0]], dtype=np.int64)
+    evs = eventlog.decode(rows)
+    assert [e.kind for e in evs] == ["PEBS_WRITE", "OVERFLOW"]     # unknown kinds skipped
+    w = evs[0]
+    assert w["gva"] == (1 << 64) - 0x778000000000 == 0xFFFF888000000000
+    assert (w["hpa"], w["size"], w["counters"]) == (0x5000, 192, 1)
+    assert (evs[1]["counter"], evs[1]["instr"], evs[1]["ip"]) == (32, 7, 0x401000)

@@ -400,9 +400,6 @@ def test_guest_ds_area_0_is_what_the_pebs_assist_uses(design, cpu):
 
 @pytest.mark.skipif(F.MIG is None or not hasattr(F.MIG, "start_dirty_logging"),
                     reason="pebslab.kvm.migration not available")
-@pytest.mark.xfail(strict=True, reason="kvm/migration.py: _STATE is a WeakKeyDictionary whose "
-                   "DirtyLogState values hold the VM's bound methods (saved wrappers), so a VM "
-                   "destroyed while dirty logging is on is never freed (host memory leak)")
 def test_a_vm_destroyed_while_dirty_logging_is_freed():
     import gc
     import weakref

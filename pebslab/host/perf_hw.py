@@ -196,3 +196,45 @@ def pebs_guest_mask(perf: HostPerf) -> int:
         if ev.hw_idx >= 0 and ev.guest_owned and ev.attr.precise_ip:
             m |= counter_bit(ev.hw_idx)
     return m
+
+
+def intel_pmu_handle_irq(core: C.Core, perf: HostPerf, ip: int, trace=None) -> int:
+    """The host's PMI (NMI) handler: update, re-arm and call the overflowed events.
+
+    Models intel_pmu_handle_irq() in arch/x86/events/intel/core.c with the
+    2014 series' guest-owned events: each overflowed counter's event is
+    updated, re-armed and its overflow handler called (for KVM's events:
+    kvm_perf_overflow[_intr]); counters with PEBS enabled are left to bit
+    62, which calls one guest-owned precise event's handler (no host drain:
+    the records are in the guest's buffer). ``ip`` is the interrupted IP;
+    ``trace(kind, **kw)`` receives notes. Returns the GLOBAL_STATUS bits
+    handled (and cleared).
+    """
+    status = int(core.regs[C.R_GLOBAL_STATUS])
+    pebs_bits = int(core.regs[C.R_PEBS_ENABLE]) | pebs_guest_mask(perf)
+    handled = 0
+    for bit in range(62):
+        if not status >> bit & 1:
+            continue
+        handled |= 1 << bit
+        if pebs_bits >> bit & 1 and bit < M.INTEL_PMC_IDX_FIXED:
+            continue
+        ev = perf.by_idx(bit) if (bit < perf.n_gp or M.INTEL_PMC_IDX_FIXED <= bit
+                                  < M.INTEL_PMC_IDX_FIXED + perf.n_fixed) else None
+        if ev is None or ev.attr.precise_ip:
+            continue
+        event_update(core, ev)
+        rearm(core, ev)
+        ev.overflow(ip)
+    if status & M.GLOBAL_STATUS_BUFFER_OVF:
+        handled |= M.GLOBAL_STATUS_BUFFER_OVF
+        for ev in perf.events():
+            if ev.hw_idx >= 0 and ev.attr.precise_ip:
+                event_update(core, ev)
+                if ev.guest_owned:
+                    ev.overflow(ip)
+                    break
+                if trace is not None:
+                    trace("NOTE", info="host PEBS buffer threshold (host drain not modeled)")
+    core.regs[C.R_GLOBAL_STATUS] = np.uint64(status & ~handled)
+    return handled

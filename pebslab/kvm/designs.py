@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
+from .._check import check_int
+
 DESIGN_NAMES = ("patch", "review", "fixed", "icelake")
 
 
@@ -63,15 +65,30 @@ class Design:
     #: what to do when the autoload list is full: "warn" (2014: printk, MSR not
     #: switched) or "disable_pebs" (do not run the guest with PEBS enabled)
     autoload_full: str = "warn"
+    # --- what KVM exposes (kvm_pmu_cpuid_update / intel_pmu_refresh) ------------------
+    #: highest PMU version KVM exposes, whatever CPUID userspace passes. 2014:
+    #: __do_cpuid_ent caps CPUID.0AH at version 2; upstream kvm_pmu_cap keeps the
+    #: same cap (kvm_init_pmu_capability, pmu.h/pmu.c)
+    pmu_version_cap: int = 2
+    #: fixed counters KVM can back with a perf event (fixed_pmc_events[] has 3
+    #: entries; INTEL_PMC_MAX_FIXED was 3 in 2014, KVM_PMC_MAX_FIXED 3 upstream)
+    max_fixed_counters: int = 3
     # --- later upstream design (Ice Lake server) -----------------------------------
-    #: guest PEBS only on CPUs with EPT-friendly PEBS (pebs_ept)
+    #: host condition for guest PEBS: "silvermont" (the patch: perf_pebs_virtualization,
+    #: ASSUMPTION from the cover text) or "pebs_ept" (EPT-friendly PEBS, x86_pmu.pebs_ept)
     require_pebs_ept: bool = False
     #: cross-mapped counters (host counter != guest counter) lose guest PEBS
     cross_mapped_disable: bool = False
     #: host PEBS use disables guest PEBS while the guest runs
     host_pebs_disables_guest: bool = False
-    #: MSR_PEBS_DATA_CFG emulated (adaptive PEBS)
+    #: MSR_PEBS_DATA_CFG emulated and switched at VM entry (adaptive PEBS groups)
     data_cfg: bool = False
+    #: extended PEBS: PEBS_ENABLE bits 32+i for fixed counters, and a fixed
+    #: counter's host event is precise when its bit is set (PERF_CAP_PEBS_BASELINE)
+    fixed_counter_pebs: bool = False
+    #: the adaptive-record bits (EVENTSEL bit 34, FIXED_CTR_CTRL bit 32+4i) are
+    #: writable on a host with adaptive PEBS (intel_pmu_refresh with BASELINE)
+    adaptive_pebs: bool = False
     #: later KVM MSR rules: the full-width counter alias 0x4C1 (when the guest's
     #: PERF_CAPABILITIES has FW_WRITES), fixed counters written full width
     #: (commit 2924b52117b2), IN_TXCP only on counter 2
@@ -79,6 +96,10 @@ class Design:
     # --- migration / dirty logging ----------------------------------------------------
     #: dirty logging leaves pinned PEBS pages writable and reports them dirty
     dirty_log_skips_pinned: bool = False
+    #: a host-initiated (KVM_SET_MSRS) write of DS_AREA/PEBS_ENABLE/PEBS_DATA_CFG only
+    #: records the value; counters are reprogrammed and pages pinned once at the end
+    #: (upstream since 68fb4757e867, v6.2: reprogramming deferred to KVM_REQ_PMU)
+    restore_defers_pmu: bool = False
 
     def __post_init__(self):
         choices = {
@@ -98,11 +119,9 @@ class Design:
             if f.type in ("bool", bool) and not isinstance(getattr(self, f.name), bool):
                 raise TypeError(f"{f.name} must be a bool; got "
                                 f"{type(getattr(self, f.name)).__name__} {getattr(self, f.name)!r}")
-        if isinstance(self.pin_limit, bool) or not isinstance(self.pin_limit, int):
-            raise TypeError(f"pin_limit must be an int in 1..4096; got "
-                            f"{type(self.pin_limit).__name__} {self.pin_limit!r}")
-        if not 1 <= self.pin_limit <= 4096:
-            raise ValueError(f"pin_limit must be an int in 1..4096; got {self.pin_limit!r}")
+        for name, lo, hi in (("pin_limit", 1, 4096), ("pmu_version_cap", 1, 5),
+                             ("max_fixed_counters", 0, 4)):
+            check_int(name, getattr(self, name), lo, hi)
 
     def diff(self, other: "Design") -> dict[str, tuple]:
         """Knobs that differ from ``other``: name -> (self value, other value)."""
@@ -118,14 +137,15 @@ FIXED = replace(
     track_guest_page_tables=True, pin_page_tables=True, pin_failure="gp",
     reprogram_on_pebs_enable=True, pebs_enable_mask="model",
     ds_area_canonical_check=True, reset_clears_pebs=True, ds_area_clear_on_zero=True,
-    autoload_full="disable_pebs", dirty_log_skips_pinned=True,
+    autoload_full="disable_pebs", dirty_log_skips_pinned=True, restore_defers_pmu=True,
 )
 ICELAKE = replace(
     REVIEW, name="icelake", pin="none", pebs_enable_mask="model",
     ds_area_canonical_check=True, reset_clears_pebs=True, ds_area_clear_on_zero=True,
     perf_cap_bits="full", require_pebs_ept=True, cross_mapped_disable=True,
-    host_pebs_disables_guest=True, data_cfg=True, autoload_full="disable_pebs",
-    reprogram_on_pebs_enable=True, upstream_msr_semantics=True,
+    host_pebs_disables_guest=True, data_cfg=True, fixed_counter_pebs=True, adaptive_pebs=True,
+    autoload_full="disable_pebs", reprogram_on_pebs_enable=True, upstream_msr_semantics=True,
+    restore_defers_pmu=True,
 )
 DESIGNS = {"patch": PATCH, "review": REVIEW, "fixed": FIXED, "icelake": ICELAKE}
 
@@ -157,6 +177,21 @@ FIXES = {
     "dirty_log_skips_pinned": "dirty logging does not write-protect pinned PEBS pages (the CPU "
                               "cannot take that fault); they are always reported dirty",
 }
+
+
+def pebs_virtualization_supported(cpu, design: Design) -> bool:
+    """Can this host CPU virtualize PEBS under this design? The one answer.
+
+    `patch`/`review`/`fixed`: perf_pebs_virtualization() of the 2014 series
+    (patches 1-3, not archived; FACTS e). ASSUMPTION from the cover text "it
+    currently only works on Silvermont based systems": true on Silvermont
+    only. `icelake` (``require_pebs_ept``): EPT-friendly PEBS
+    (x86_pmu.pebs_ept, FACTS c.2). Used by the CPUID filter (kvm/cpuid.py),
+    kvm_pmu_msr (kvm/pmu.py) and the VMM's migration check (vmm/migrate.py).
+    """
+    if design.require_pebs_ept:
+        return bool(cpu.pebs_ept)
+    return cpu.name == "silvermont"
 
 
 def get_design(design="patch", **overrides) -> Design:

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import struct
 
+from .._check import check_int
 from ..hw.pebs import DS_SIZE_PATCH, PAGE_SIZE
 
 PAGE_MASK = ~(PAGE_SIZE - 1)
 MAX_PINNED_PAGES = 17          # "64k buffer + ds"
 UNMAPPED_GVA = -1
+U64_MAX = (1 << 64) - 1
 #: needed_pages() refuses ranges larger than this (1 GiB of 4 KiB pages)
 MAX_NEEDED_PAGES = 1 << 18
 
@@ -141,12 +143,8 @@ def patch_pin_plan(ds_area: int, buffer_base: int, absolute_maximum: int,
     """
     for name, v in (("ds_area", ds_area), ("buffer_base", buffer_base),
                     ("absolute_maximum", absolute_maximum)):
-        if not isinstance(v, int) or isinstance(v, bool):
-            raise TypeError(f"{name} must be an int in 0..2**64-1; got {type(v).__name__} {v!r}")
-        if not 0 <= v < 1 << 64:
-            raise ValueError(f"{name} must be an int in 0..2**64-1; got {v!r}")
-    if not isinstance(limit, int) or limit < 1:
-        raise ValueError(f"limit must be a positive int; got {limit!r}")
+        check_int(name, v, 0, U64_MAX, as_hex=True)
+    check_int("limit", limit, 1)
     pages = [ds_area & PAGE_MASK]
     offset = ds_area & ~PAGE_MASK
     if PAGE_SIZE - offset < DS_SIZE_PATCH:
@@ -169,10 +167,7 @@ def needed_pages(ds_area: int, buffer_base: int, absolute_maximum: int,
     """
     for name, v in (("ds_area", ds_area), ("buffer_base", buffer_base),
                     ("absolute_maximum", absolute_maximum), ("ds_size", ds_size)):
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise TypeError(f"{name} must be an int in 0..2**64-1; got {type(v).__name__} {v!r}")
-        if not 0 <= v < 1 << 64:
-            raise ValueError(f"{name} must be in 0..2**64-1; got {v}")
+        check_int(name, v, 0, U64_MAX, as_hex=True)
     first_ds = ds_area & PAGE_MASK
     last_ds = (ds_area + max(ds_size, 1) - 1) & PAGE_MASK
     n = (last_ds - first_ds) // PAGE_SIZE + 1

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ..hw.errors import GuestFault
 from ..host import perf as P
 from ..hw import msr as M
-from ..hw.core import is_canonical
+from ..hw.mmu import is_canonical
 from . import pebs_pin
+from .designs import pebs_virtualization_supported
 
 KVM_PMC_GP = 0
 KVM_PMC_FIXED = 1
@@ -44,6 +47,9 @@ AMD64_RAW_EVENT_MASK = 0xFF | 0xFF00 | M.ARCH_PERFMON_EVENTSEL_EDGE | \
 EVENTSEL_RESERVED_2014 = 0xFFFFFFFF00200000
 # 2014 kvm_pmu_set_msr: FIXED_CTR_CTRL reserved bits (AnyThread of counters 0-2, 63:12)
 FIXED_CTR_CTRL_RESERVED_2014 = 0xFFFFFFFFFFFFF444
+# the PERF_CAPABILITIES bits the patch reports ("Report host PEBS format to guest")
+PATCH_PERF_CAP_BITS = M.PERF_CAP_PEBS_TRAP | M.PERF_CAP_ARCH_REG | M.PERF_CAP_PEBS_FORMAT
+U64_MASK = (1 << 64) - 1
 
 
 @dataclass
@@ -73,8 +79,14 @@ class KvmPmu:
     global_ctrl: int = 0
     global_status: int = 0
     global_ovf_ctrl: int = 0
-    global_ctrl_mask: int = ~0
+    # --- reserved-bit masks, computed once by kvm_pmu_cpuid_update ---------------
+    #: GP event select reserved bits (pmu->reserved_bits)
     reserved_bits: int = EVENTSEL_RESERVED_2014
+    global_ctrl_mask: int = U64_MASK
+    global_ovf_ctrl_mask: int = U64_MASK
+    fixed_ctr_ctrl_mask: int = U64_MASK
+    pebs_enable_mask: int = U64_MASK
+    pebs_data_cfg_mask: int = U64_MASK
     gp_counters: list = field(default_factory=list)
     fixed_counters: list = field(default_factory=list)
     reprogram_pmi: int = 0
@@ -86,6 +98,9 @@ class KvmPmu:
     pebs_allowed: bool = True
     pebs_data_cfg: int = 0
     perf_capabilities: int = 0
+    #: the patch's static host_perf_cap, read by kvm_pmu_init (kept per vCPU
+    #: here so two simulated hosts in one process do not share it)
+    host_perf_cap: int = 0
     #: what pinning looked at last time (for the `fixed` design's page tracking)
     pin_view: dict = field(default_factory=dict)
 
@@ -148,14 +163,10 @@ def perf_pebs_virtualization(vcpu) -> bool:
     """Does the host perf code support PEBS virtualization on this CPU?
 
     Models perf_pebs_virtualization() from patches 1-3 of the 2014 series
-    (not archived; FACTS e). ASSUMPTION from the cover text: "Due to various
-    limitations it currently only works on Silvermont". The `icelake` design
-    instead requires EPT-friendly PEBS (x86_pmu.pebs_ept, FACTS c.2).
+    (not archived; FACTS e); the answer is
+    :func:`pebslab.kvm.designs.pebs_virtualization_supported`.
     """
-    model = vcpu.host_cpu
-    if vcpu.design.require_pebs_ept:
-        return model.pebs_ept
-    return model.name == "silvermont"
+    return pebs_virtualization_supported(vcpu.host_cpu, vcpu.design)
 
 
 def pebs_msrs_visible(vcpu) -> bool:
@@ -198,17 +209,18 @@ def fw_writes(vcpu) -> bool:
 def guest_perf_capabilities(vcpu) -> int:
     """The PERF_CAPABILITIES value the guest reads.
 
-    `patch`: "Report host PEBS format to guest": host value & (PEBS_TRAP |
-    ARCH_REG | PEBS_FORMAT). `full` (icelake): also LBR format, FW_WRITES,
-    BASELINE; 0 when the guest CPUID lacks PDCM (vcpu_get_perf_capabilities).
+    `patch`: "Report host PEBS format to guest": host_perf_cap (read by
+    kvm_pmu_init) & (PEBS_TRAP | ARCH_REG | PEBS_FORMAT). `full` (icelake):
+    the host value filtered to what KVM supports (LBR format, FW_WRITES,
+    BASELINE too); 0 when the guest CPUID lacks PDCM
+    (vcpu_get_perf_capabilities in arch/x86/kvm/vmx/pmu_intel.c).
     """
-    host = vcpu.host_cpu.perf_capabilities
     if vcpu.design.perf_cap_bits == "patch":
-        return host & (M.PERF_CAP_PEBS_TRAP | M.PERF_CAP_ARCH_REG | M.PERF_CAP_PEBS_FORMAT)
+        return vcpu.pmu.host_perf_cap & PATCH_PERF_CAP_BITS
     if not vcpu.cpuid_has("PDCM"):
         return 0
-    return host & (M.PERF_CAP_LBR_FMT | M.PERF_CAP_PEBS_TRAP | M.PERF_CAP_ARCH_REG
-                   | M.PERF_CAP_PEBS_FORMAT | M.PERF_CAP_FW_WRITES | M.PERF_CAP_PEBS_BASELINE)
+    return vcpu.host_cpu.perf_capabilities & (
+        M.PERF_CAP_LBR_FMT | PATCH_PERF_CAP_BITS | M.PERF_CAP_FW_WRITES | M.PERF_CAP_PEBS_BASELINE)
 
 
 # -----------------------------------------------------------------------------
@@ -334,7 +346,7 @@ def reprogram_fixed_counter(vcpu, pmc: KvmPmc, en_pmi: int, idx: int) -> None:
     stop_counter(vcpu, pmc)
     if not en or not pmc_enabled(pmu, pmc):
         return
-    pebs = vcpu.design.data_cfg and bool(pmu.pebs_enable >> pmc.idx & 1)
+    pebs = vcpu.design.fixed_counter_pebs and bool(pmu.pebs_enable >> pmc.idx & 1)
     reprogram_counter(vcpu, pmc, P.PERF_TYPE_HARDWARE,
                       ARCH_EVENTS[FIXED_PMC_EVENTS[idx]][2],
                       not en & 0x2, not en & 0x1, pmi, False, False, pebs)
@@ -384,11 +396,7 @@ def global_ctrl_changed(vcpu, data: int) -> None:
     pmu = vcpu.pmu
     diff = pmu.global_ctrl ^ data
     pmu.global_ctrl = data
-    bit = 0
-    while diff >> bit:
-        if diff >> bit & 1:
-            reprogram_idx(vcpu, bit)
-        bit += 1
+    _reprogram_bits(vcpu, diff)
 
 
 # -----------------------------------------------------------------------------
@@ -413,7 +421,7 @@ def kvm_pmu_get_msr(vcpu, index: int) -> int:
     if index == M.MSR_IA32_PEBS_ENABLE:
         return pmu.pebs_enable
     if index == M.MSR_IA32_PERF_CAPABILITIES:
-        return pmu.perf_capabilities
+        return guest_perf_capabilities(vcpu)
     if index == M.MSR_PEBS_DATA_CFG:
         return pmu.pebs_data_cfg
     pmc = get_gp_pmc(pmu, index, M.MSR_IA32_PERFCTR0) or get_fixed_pmc(pmu, index)
@@ -428,188 +436,280 @@ def kvm_pmu_get_msr(vcpu, index: int) -> int:
 
 
 def pebs_enable_valid(vcpu) -> int:
-    """Bits a guest may set in PEBS_ENABLE under this design."""
-    if vcpu.design.pebs_enable_mask == "patch":
-        return M.PATCH_PEBS_ENABLE_VALID
-    m = vcpu.host_cpu
-    gp = m.pebs_counter_mask & ((1 << vcpu.pmu.nr_arch_gp_counters) - 1)
-    if vcpu.design.data_cfg and m.adaptive:
-        fixed = m.pebs_fixed_mask & ((1 << vcpu.pmu.nr_arch_fixed_counters) - 1)
-        return gp | fixed << M.INTEL_PMC_IDX_FIXED
-    return gp | gp << M.PEBS_LL_EN_SHIFT
+    """Bits a guest may set in PEBS_ENABLE (the complement of ``pmu.pebs_enable_mask``)."""
+    return ~vcpu.pmu.pebs_enable_mask & U64_MASK
+
+
+def _gp(index: int, data: int, reason: str):
+    return GuestFault("#GP", msr=index, value=data, reason=reason)
 
 
 def kvm_pmu_set_msr(vcpu, index: int, data: int, host_initiated: bool = False) -> None:
     """Apply a guest (or host-initiated) write to a PMU MSR; raise GuestFault on #GP.
 
     Models kvm_pmu_set_msr() with the patch's DS_AREA and PEBS_ENABLE cases.
+    Each case is "reserved bits -> #GP" (masks from kvm_pmu_cpuid_update)
+    plus its side effect.
     """
     pmu = vcpu.pmu
     d = vcpu.design
     if not kvm_pmu_msr(vcpu, index):
-        raise GuestFault("#GP", msr=index, value=data, reason="not a PMU MSR for this guest")
+        raise _gp(index, data, "not a PMU MSR for this guest")
     if index == M.MSR_CORE_PERF_FIXED_CTR_CTRL:
-        if pmu.fixed_ctr_ctrl == data:
-            return
-        if not data & fixed_ctr_ctrl_reserved(vcpu):
+        if data & pmu.fixed_ctr_ctrl_mask:
+            raise _gp(index, data, f"reserved FIXED_CTR_CTRL bits {data & pmu.fixed_ctr_ctrl_mask:#x}")
+        if pmu.fixed_ctr_ctrl != data:
             reprogram_fixed_counters(vcpu, data)
-            return
-    elif index == M.MSR_CORE_PERF_GLOBAL_STATUS:
-        if host_initiated:
-            pmu.global_status = data
-            return
-    elif index == M.MSR_CORE_PERF_GLOBAL_CTRL:
-        if pmu.global_ctrl == data:
-            return
-        if not data & pmu.global_ctrl_mask:
+        return
+    if index == M.MSR_CORE_PERF_GLOBAL_STATUS:
+        if not host_initiated:
+            raise _gp(index, data, "GLOBAL_STATUS is read-only for the guest")
+        pmu.global_status = data
+        return
+    if index == M.MSR_CORE_PERF_GLOBAL_CTRL:
+        if data & pmu.global_ctrl_mask:
+            raise _gp(index, data, f"reserved GLOBAL_CTRL bits {data & pmu.global_ctrl_mask:#x}")
+        if pmu.global_ctrl != data:
             global_ctrl_changed(vcpu, data)
+        return
+    if index == M.MSR_CORE_PERF_GLOBAL_OVF_CTRL:
+        if data & pmu.global_ovf_ctrl_mask:
+            raise _gp(index, data, f"reserved GLOBAL_OVF_CTRL bits "
+                                   f"{data & pmu.global_ovf_ctrl_mask:#x}")
+        if not host_initiated:
+            pmu.global_status &= ~data
+        pmu.global_ovf_ctrl = data
+        return
+    if index == M.MSR_IA32_DS_AREA:
+        if d.ds_area_canonical_check and not is_canonical(np.uint64(data)):
+            raise _gp(index, data, "non-canonical DS_AREA")
+        ds_area_changed(vcpu, data)
+        return
+    if index == M.MSR_IA32_PEBS_ENABLE:
+        if data & pmu.pebs_enable_mask:
+            raise _gp(index, data, f"reserved PEBS_ENABLE bits {data & pmu.pebs_enable_mask:#x}")
+        pebs_enable_changed(vcpu)(vcpu, data)
+        return
+    if index == M.MSR_PEBS_DATA_CFG:
+        if data & pmu.pebs_data_cfg_mask:
+            raise _gp(index, data, f"reserved PEBS_DATA_CFG bits {data & pmu.pebs_data_cfg_mask:#x}")
+        pmu.pebs_data_cfg = data
+        return
+    full = get_gp_pmc(pmu, index, M.MSR_IA32_PMC0) if fw_writes(vcpu) else None
+    if full is not None:
+        # full-width alias: no sign extension; bits above the width #GP
+        if data & ~pmc_bitmask(pmu, full):
+            raise _gp(index, data, "bits above the counter width")
+        full.counter = (full.counter + data - read_pmc(vcpu, full)) & pmc_bitmask(pmu, full)
+        return
+    pmc = get_gp_pmc(pmu, index, M.MSR_IA32_PERFCTR0) or get_fixed_pmc(pmu, index)
+    if pmc is not None:
+        upstream_fixed = d.upstream_msr_semantics and pmc.type == KVM_PMC_FIXED
+        if not host_initiated and not upstream_fixed:
+            # 2014: guest counter writes are sign-extended from 32 bits
+            data = data & 0xFFFFFFFF
+            if data & 0x80000000:
+                data |= ~0xFFFFFFFF
+        pmc.counter = (pmc.counter + data - read_pmc(vcpu, pmc)) & pmc_bitmask(pmu, pmc)
+        return
+    pmc = get_gp_pmc(pmu, index, M.MSR_P6_EVNTSEL0)
+    if pmc is not None:
+        if data == pmc.eventsel:
             return
-    elif index == M.MSR_CORE_PERF_GLOBAL_OVF_CTRL:
-        if not data & (pmu.global_ctrl_mask & ~(3 << 62)):
-            if not host_initiated:
-                pmu.global_status &= ~data
-            pmu.global_ovf_ctrl = data
-            return
-    elif index == M.MSR_IA32_DS_AREA:
-        if d.ds_area_canonical_check and not is_canonical(data):
-            raise GuestFault("#GP", msr=index, value=data, reason="non-canonical DS_AREA")
-        old = pmu.ds_area
-        pmu.ds_area = data
-        if d.repin_on_ds_area_write and pmu.pebs_enable and data != old:
+        if d.upstream_msr_semantics and data & M.HSW_IN_TX_CHECKPOINTED and pmc.idx != 2:
+            raise _gp(index, data, "IN_TXCP is allowed on counter 2 only")
+        if data & pmu.reserved_bits:
+            raise _gp(index, data, f"reserved event select bits {data & pmu.reserved_bits:#x}")
+        reprogram_gp_counter(vcpu, pmc, data)
+        return
+    raise _gp(index, data, "reserved bits or read-only MSR")
+
+
+# -----------------------------------------------------------------------------
+# side effects of DS_AREA and PEBS_ENABLE writes
+# -----------------------------------------------------------------------------
+
+def ds_area_changed(vcpu, data: int) -> None:
+    """Store DS_AREA; under ``repin_on_ds_area_write`` re-pin a live PEBS setup.
+
+    The patch only stores the value (``pmu->ds_area = data``). The `fixed`
+    design re-pins when PEBS is on and the value changes, and refuses (#GP,
+    old area kept and pinned) what it cannot pin under ``pin_failure="gp"``.
+    """
+    pmu = vcpu.pmu
+    d = vcpu.design
+    old = pmu.ds_area
+    pmu.ds_area = data
+    if not (d.repin_on_ds_area_write and pmu.pebs_enable and data != old):
+        return
+    pebs_pin.kvm_pmu_release_pin(vcpu)
+    if not pebs_pin.pin_for_design(vcpu) and d.pin_failure == "gp":
+        pebs_pin.kvm_pmu_release_pin(vcpu)
+        pmu.ds_area = old
+        pebs_pin.pin_for_design(vcpu)
+        raise _gp(M.MSR_IA32_DS_AREA, data, "cannot pin the new DS area and PEBS buffer")
+
+
+def pebs_enable_changed_patch(vcpu, data: int) -> None:
+    """The patch's PEBS_ENABLE hunk, in its shape.
+
+    A new non-zero value releases the pins and pins again
+    (kvm_pmu_pebs_pin); 0 releases them; the same value does nothing. The
+    counters are not touched: a counter's host event is precise or not from
+    when its event select or GLOBAL_CTRL was last written.
+    """
+    pmu = vcpu.pmu
+    if data and data != pmu.pebs_enable:
+        pebs_pin.kvm_pmu_release_pin(vcpu)
+        pebs_pin.kvm_pmu_pebs_pin(vcpu)
+    elif data == 0 and pmu.pebs_enable:
+        pebs_pin.kvm_pmu_release_pin(vcpu)
+    pmu.pebs_enable = data
+
+
+def pebs_enable_changed_fixed(vcpu, data: int) -> None:
+    """PEBS_ENABLE side effects with the corrections each design knob names.
+
+    pebslab only. ``reprogram_on_pebs_enable``: the counters whose bit
+    flips are reprogrammed before the pins change (as upstream KVM does
+    with the XOR-diff), so no precise host event outlives its pinned
+    memory. ``pin``: the design's pinning ("none": nothing to pin).
+    ``pin_failure="gp"``: a failed pin refuses the write, the counters back
+    as they were.
+    """
+    pmu = vcpu.pmu
+    d = vcpu.design
+    old = pmu.pebs_enable
+    flipped = old ^ data if d.reprogram_on_pebs_enable else 0
+    if flipped:
+        pmu.pebs_enable = data
+        _reprogram_bits(vcpu, flipped)
+        pmu.pebs_enable = old
+    if d.pin != "none":
+        if data and data != old:
             pebs_pin.kvm_pmu_release_pin(vcpu)
             if not pebs_pin.pin_for_design(vcpu) and d.pin_failure == "gp":
-                # refuse the new area: keep the old one, pinned as before
                 pebs_pin.kvm_pmu_release_pin(vcpu)
-                pmu.ds_area = old
-                pebs_pin.pin_for_design(vcpu)
-                raise GuestFault("#GP", msr=index, value=data,
-                                 reason="cannot pin the new DS area and PEBS buffer")
-        return
-    elif index == M.MSR_IA32_PEBS_ENABLE:
-        bad = data & ~pebs_enable_valid(vcpu)
-        if bad:
-            raise GuestFault("#GP", msr=index, value=data,
-                             reason=f"reserved PEBS_ENABLE bits {bad:#x}")
-        old = pmu.pebs_enable
-        if d.reprogram_on_pebs_enable and data != old:
-            # stop/restart the counters whose PEBS bit flips *before* the pins change,
-            # so no precise host event outlives its pinned memory
-            pmu.pebs_enable = data
-            _reprogram_bits(vcpu, old ^ data)
-            pmu.pebs_enable = old
-        if d.pin != "none":
-            if data and data != pmu.pebs_enable:
-                pebs_pin.kvm_pmu_release_pin(vcpu)
-                ok = pebs_pin.pin_for_design(vcpu)
-                if not ok and d.pin_failure == "gp":
-                    pebs_pin.kvm_pmu_release_pin(vcpu)
-                    if d.reprogram_on_pebs_enable and data != old:
-                        _reprogram_bits(vcpu, old ^ data)      # back to the old events
-                    raise GuestFault("#GP", msr=index, value=data,
-                                     reason="cannot pin the DS area and PEBS buffer")
-            elif data == 0 and pmu.pebs_enable:
-                pebs_pin.kvm_pmu_release_pin(vcpu)
-        pmu.pebs_enable = data
-        return
-    elif index == M.MSR_PEBS_DATA_CFG:
-        if not data & ~M.KVM_PEBS_DATA_CFG_VALID:
-            pmu.pebs_data_cfg = data
-            return
-    else:
-        full = get_gp_pmc(pmu, index, M.MSR_IA32_PMC0) if fw_writes(vcpu) else None
-        pmc = get_gp_pmc(pmu, index, M.MSR_IA32_PERFCTR0) or get_fixed_pmc(pmu, index)
-        if full is not None:
-            # full-width alias: no sign extension; bits above the width #GP
-            if data & ~pmc_bitmask(pmu, full):
-                raise GuestFault("#GP", msr=index, value=data,
-                                 reason="bits above the counter width")
-            full.counter = (full.counter + data - read_pmc(vcpu, full)) & pmc_bitmask(pmu, full)
-            return
-        if pmc is not None:
-            upstream_fixed = vcpu.design.upstream_msr_semantics and pmc.type == KVM_PMC_FIXED
-            if not host_initiated and not upstream_fixed:
-                # 2014: guest counter writes are sign-extended from 32 bits
-                data = data & 0xFFFFFFFF
-                if data & 0x80000000:
-                    data |= ~0xFFFFFFFF
-            pmc.counter = (pmc.counter + data - read_pmc(vcpu, pmc)) & pmc_bitmask(pmu, pmc)
-            return
-        pmc = get_gp_pmc(pmu, index, M.MSR_P6_EVNTSEL0)
-        if pmc is not None:
-            if data == pmc.eventsel:
-                return
-            if vcpu.design.upstream_msr_semantics and data & M.HSW_IN_TX_CHECKPOINTED \
-                    and pmc.idx != 2:
-                raise GuestFault("#GP", msr=index, value=data,
-                                 reason="IN_TXCP is allowed on counter 2 only")
-            if not data & pmu.reserved_bits:
-                reprogram_gp_counter(vcpu, pmc, data)
-                return
-    raise GuestFault("#GP", msr=index, value=data, reason="reserved bits or read-only MSR")
+                if flipped:
+                    _reprogram_bits(vcpu, flipped)      # back to the old events
+                raise _gp(M.MSR_IA32_PEBS_ENABLE, data,
+                          "cannot pin the DS area and PEBS buffer")
+        elif data == 0 and old:
+            pebs_pin.kvm_pmu_release_pin(vcpu)
+    pmu.pebs_enable = data
 
 
-def fixed_ctr_ctrl_reserved(vcpu) -> int:
-    """Reserved FIXED_CTR_CTRL bits (2014 constant; adaptive bits under `icelake`)."""
-    v = FIXED_CTR_CTRL_RESERVED_2014
-    pmu = vcpu.pmu
-    if pmu.nr_arch_fixed_counters > 3:
-        v &= ~(0xB << 12)
-    if vcpu.design.data_cfg and vcpu.host_cpu.adaptive:
-        for i in range(pmu.nr_arch_fixed_counters):
-            v &= ~(1 << (32 + 4 * i))
-    return v
+def pebs_enable_changed(vcpu):
+    """The PEBS_ENABLE side-effect function of this vCPU's design.
+
+    The patch's hunk when every knob it reads has the patch's value;
+    :func:`pebs_enable_changed_fixed` otherwise.
+    """
+    d = vcpu.design
+    if d.pin == "patch" and not d.reprogram_on_pebs_enable and d.pin_failure == "ignore":
+        return pebs_enable_changed_patch
+    return pebs_enable_changed_fixed
 
 
 # -----------------------------------------------------------------------------
-# set-up from CPUID; reset; destroy
+# set-up from CPUID; init; reset; destroy
 # -----------------------------------------------------------------------------
+
+def pebs_enable_valid_bits(cpu, design, nr_gp: int, nr_fixed: int) -> int:
+    """PEBS_ENABLE bits a guest may set on ``cpu`` under ``design``.
+
+    `patch`: the posted constant 0xf0000000f. `model`: the CPU's PEBS
+    counters among those the guest has (GP bits, and their load-latency
+    bits 32+i); with ``fixed_counter_pebs`` on a CPU with adaptive PEBS the
+    extended-PEBS layout, GLOBAL_CTRL's (FACTS b.5).
+    """
+    if design.pebs_enable_mask == "patch":
+        return M.PATCH_PEBS_ENABLE_VALID
+    gp = cpu.pebs_counter_mask & ((1 << nr_gp) - 1)
+    if design.fixed_counter_pebs and cpu.adaptive:
+        fixed = cpu.pebs_fixed_mask & ((1 << nr_fixed) - 1)
+        return gp | fixed << M.INTEL_PMC_IDX_FIXED
+    return gp | gp << M.PEBS_LL_EN_SHIFT
+
 
 def kvm_pmu_cpuid_update(vcpu) -> None:
-    """Size the vPMU from the guest CPUID leaf 0xA (kvm_pmu_cpuid_update).
+    """Size the vPMU from the guest CPUID and compute every reserved-bit mask once.
 
-    The `review` design also derives ``pebs_allowed`` here, from the guest
-    CPUID's DS, DTES64 and PDCM bits (Eric Northup's request).
+    Models kvm_pmu_cpuid_update() of 2014 (intel_pmu_refresh() in
+    arch/x86/kvm/vmx/pmu_intel.c later): version, counter counts and widths
+    from leaf 0xA, capped to what KVM can back (``design.pmu_version_cap``,
+    ``design.max_fixed_counters``, the host's counters); the GP event select
+    reserved bits; ``global_ctrl_mask`` (and OVF_CTRL's, which also lets
+    bits 62-63 through); ``fixed_ctr_ctrl_mask``; ``pebs_enable_mask``;
+    ``pebs_data_cfg_mask``; and ``pebs_allowed`` from the guest CPUID's DS,
+    DTES64 and PDCM (Eric Northup's review).
     """
     pmu = vcpu.pmu
     host = vcpu.host_cpu
+    d = vcpu.design
     leaf = vcpu.guest_cpuid.pmu()
-    pmu.version = min(leaf["version"], host.pmu_version, 2 if not vcpu.design.data_cfg else 5)
+    pmu.version = min(leaf["version"], host.pmu_version, d.pmu_version_cap)
     pmu.nr_arch_gp_counters = 0
     pmu.nr_arch_fixed_counters = 0
-    pmu.global_ctrl_mask = ~0
+    pmu.counter_bitmask = (0, 0)
     pmu.reserved_bits = EVENTSEL_RESERVED_2014
-    if not pmu.version:
-        pmu.counter_bitmask = (0, 0)
-    else:
+    if pmu.version:
         pmu.nr_arch_gp_counters = min(leaf["num_counters"], host.n_gp)
         gw = min(leaf["bit_width"], host.width)
-        pmu.nr_arch_fixed_counters = 0
         fw = 0
         if pmu.version > 1:
-            pmu.nr_arch_fixed_counters = min(leaf["num_counters_fixed"], host.n_fixed, 3
-                                             if not vcpu.design.data_cfg else host.n_fixed)
+            pmu.nr_arch_fixed_counters = min(leaf["num_counters_fixed"], host.n_fixed,
+                                             d.max_fixed_counters)
             fw = min(leaf["bit_width_fixed"], host.width)
         pmu.counter_bitmask = ((1 << gw) - 1, (1 << fw) - 1)
-        ctrl = ((1 << pmu.nr_arch_gp_counters) - 1) | \
-            (((1 << pmu.nr_arch_fixed_counters) - 1) << M.INTEL_PMC_IDX_FIXED)
-        pmu.global_ctrl_mask = ~ctrl & ((1 << 64) - 1)
         if host.has_tsx:
             pmu.reserved_bits ^= M.HSW_IN_TX | M.HSW_IN_TX_CHECKPOINTED
-        if vcpu.design.data_cfg and host.adaptive:
+        if d.adaptive_pebs and host.adaptive:
             pmu.reserved_bits &= ~M.ICL_EVENTSEL_ADAPTIVE
-    pmu.gp_counters = [KvmPmc(i, KVM_PMC_GP) for i in range(pmu.nr_arch_gp_counters)]
+    nr_gp, nr_fixed = pmu.nr_arch_gp_counters, pmu.nr_arch_fixed_counters
+    ctrl = ((1 << nr_gp) - 1) | (((1 << nr_fixed) - 1) << M.INTEL_PMC_IDX_FIXED)
+    pmu.global_ctrl_mask = ~ctrl & U64_MASK if pmu.version else U64_MASK
+    pmu.global_ovf_ctrl_mask = pmu.global_ctrl_mask & ~(3 << 62)
+    fixed_rsvd = FIXED_CTR_CTRL_RESERVED_2014
+    if nr_fixed > 3:
+        fixed_rsvd &= ~(0xB << 12)
+    if d.adaptive_pebs and host.adaptive:
+        for i in range(nr_fixed):
+            fixed_rsvd &= ~(M.ICL_FIXED_0_ADAPTIVE << (4 * i))
+    pmu.fixed_ctr_ctrl_mask = fixed_rsvd
+    pmu.pebs_enable_mask = ~pebs_enable_valid_bits(host, d, nr_gp, nr_fixed) & U64_MASK
+    pmu.pebs_data_cfg_mask = ~M.KVM_PEBS_DATA_CFG_VALID & U64_MASK
+    pmu.gp_counters = [KvmPmc(i, KVM_PMC_GP) for i in range(nr_gp)]
     pmu.fixed_counters = [KvmPmc(M.INTEL_PMC_IDX_FIXED + i, KVM_PMC_FIXED)
-                          for i in range(pmu.nr_arch_fixed_counters)]
+                          for i in range(nr_fixed)]
     pmu.pebs_allowed = all(vcpu.cpuid_has(f) for f in ("DS", "DTES64", "PDCM")) and \
         pmu.version > 0
     pmu.perf_capabilities = guest_perf_capabilities(vcpu)
+
+
+def kvm_pmu_init(vcpu) -> None:
+    """Set up a vCPU's PMU: fresh state, size it from CPUID, read host_perf_cap.
+
+    Models kvm_pmu_init() with the patch's hunk: after
+    kvm_pmu_cpuid_update(), if the host CPU has PDCM, rdmsrl_safe() of
+    MSR_IA32_PERF_CAPABILITIES into host_perf_cap (0 if the read faults).
+    """
+    vcpu.pmu = KvmPmu()
+    kvm_pmu_cpuid_update(vcpu)
+    pmu = vcpu.pmu
+    pmu.host_perf_cap = 0
+    if vcpu.host_has_pdcm():
+        try:
+            pmu.host_perf_cap = vcpu.core.rdmsr(M.MSR_IA32_PERF_CAPABILITIES)
+        except GuestFault:          # rdmsrl_safe: a faulting read leaves 0
+            pmu.host_perf_cap = 0
 
 
 def kvm_pmu_reset(vcpu) -> None:
     """Stop every counter and clear the control MSRs (kvm_pmu_reset).
 
     The patch did not touch pebs_enable, ds_area or the pins here; the
-    `fixed` design does.
+    `fixed` design does (``reset_clears_pebs``).
     """
     pmu = vcpu.pmu
     for pmc in pmu.pmcs():
@@ -628,3 +728,55 @@ def kvm_pmu_destroy(vcpu) -> None:
     """Tear down the vPMU: reset, then drop the pins (kvm_pmu_destroy with the patch)."""
     kvm_pmu_reset(vcpu)
     pebs_pin.kvm_pmu_release_pin(vcpu)
+
+
+# -----------------------------------------------------------------------------
+# KVM_SET_MSRS of a whole PMU (restore on a migration destination)
+# -----------------------------------------------------------------------------
+
+#: MSRs whose host-initiated write only records the value when restore is deferred.
+DEFERRED_MSRS = (M.MSR_IA32_DS_AREA, M.MSR_IA32_PEBS_ENABLE, M.MSR_PEBS_DATA_CFG)
+
+
+def kvm_pmu_set_msr_deferred(vcpu, index: int, data: int) -> None:
+    """A host-initiated write of a PEBS MSR that checks and records, nothing more.
+
+    pebslab only: kvm_pmu_set_msr() for DS_AREA, PEBS_ENABLE and
+    PEBS_DATA_CFG under a design that defers the side effects (pinning,
+    reprogramming) to the end of KVM_SET_MSRS (``restore_defers_pmu``;
+    upstream since 68fb4757e867, v6.2). Raises GuestFault where the write
+    would #GP; :func:`kvm_pmu_finish_restore` does the rest.
+    """
+    pmu = vcpu.pmu
+    if index not in DEFERRED_MSRS:
+        raise ValueError(f"index must be one of {', '.join(hex(m) for m in DEFERRED_MSRS)}; "
+                         f"got {index:#x}")
+    if not kvm_pmu_msr(vcpu, index):
+        raise _gp(index, data, "not a PMU MSR for this guest")
+    if index == M.MSR_IA32_DS_AREA:
+        if vcpu.design.ds_area_canonical_check and not is_canonical(np.uint64(data)):
+            raise _gp(index, data, "non-canonical DS_AREA")
+        pmu.ds_area = data
+    elif index == M.MSR_IA32_PEBS_ENABLE:
+        if data & pmu.pebs_enable_mask:
+            raise _gp(index, data, f"reserved PEBS_ENABLE bits {data & pmu.pebs_enable_mask:#x}")
+        pmu.pebs_enable = data
+    else:
+        if data & pmu.pebs_data_cfg_mask:
+            raise _gp(index, data, "reserved PEBS_DATA_CFG bits")
+        pmu.pebs_data_cfg = data
+
+
+def kvm_pmu_finish_restore(vcpu) -> bool:
+    """Reprogram every counter and re-pin once all MSRs are in (deferred restore).
+
+    pebslab only (kvm_pmu_handle_event after KVM_REQ_PMU, plus the pin the
+    patch does on a PEBS_ENABLE write). Returns False if pinning failed.
+    """
+    pmu = vcpu.pmu
+    for pmc in pmu.pmcs():
+        reprogram_idx(vcpu, pmc.idx)
+    pebs_pin.kvm_pmu_release_pin(vcpu)
+    if pmu.pebs_enable and vcpu.design.pin != "none":
+        return pebs_pin.pin_for_design(vcpu)
+    return True

@@ -16,15 +16,19 @@ import numpy as np
 from .designs import Design
 from ..hw.errors import GuestCrash, GuestFault
 from ..host import perf_hw
-from ..host.mm import EPT_ADDR_MASK, EPT_R, HostMM
+from ..host.mm import HostMM
 from ..host.perf import HostPerf, PerfEvent
 from ..hw import core as C
 from ..hw import cpuid as CPUID
+from ..hw import eventlog
 from ..hw import msr as M
-from ..hw.mmu import XLATE_EPT, XLATE_PF
+from ..hw.mmu import (EPT_ADDR_MASK, EPT_R, PTE_P, PTE_RW, XLATE_EPT, XLATE_PF, is_canonical, leaf_gpa,
+                      walk_tables)
 from ..hw.models import CpuModel
 from ..trace import Trace
 from . import pebs_pin, pmu as kpmu, vmx
+from .cpuid import kvm_filter_cpuid
+from .dirty_log import DirtyLog
 from .._check import check_int as _check_int
 
 PAGE = 4096
@@ -125,6 +129,7 @@ class GuestPhys:
         while pos < len(data):
             chunk = min(len(data) - pos, PAGE - (gpa & (PAGE - 1)))
             hpa = self._hpa(gpa)
+            self.vm.dirty_log.before_write(gpa >> 12)
             self.vm.host_mm.mem[hpa:hpa + chunk] = np.frombuffer(data[pos:pos + chunk], np.uint8)
             if self.vm.is_tracked(gpa >> 12):
                 tracked = True
@@ -172,7 +177,8 @@ class VCPU:
         self.pmi_pending = False
         self.cr3 = 0
         self.pmis_injected = 0
-        kpmu.kvm_pmu_cpuid_update(self)
+        kpmu.kvm_pmu_init(self)
+        kpmu.kvm_pmu_cpuid_update(self)     # KVM_SET_CPUID2 with the VM's CPUID
 
     # ---- facts the KVM code asks for -------------------------------------------
     @property
@@ -193,6 +199,10 @@ class VCPU:
 
     def cpuid_has(self, name: str) -> bool:
         return self.vm.cpuid.has(name)
+
+    def host_has_pdcm(self) -> bool:
+        """boot_cpu_has(X86_FEATURE_PDCM): the host CPU's own CPUID."""
+        return CPUID.default(self.host_cpu).has("PDCM")
 
     @property
     def core(self) -> C.Core:
@@ -328,6 +338,7 @@ class VCPU:
         if hfn < 0:
             hfn = self.vm.fault_in(gfn, why="gfn_to_pfn")
         self.host_mm.get_page(hfn)
+        self.vm.dirty_log.pinned(gfn)
         return hfn
 
     def read_guest_virt(self, gva: int, n: int) -> bytes:
@@ -383,11 +394,12 @@ class VM:
         self.exit_counts: dict[str, int] = {}
         self.perf_events_created = 0
         self.host_faults: list[str] = []
-        self.dirty_logging = False
-        self.dirty: set[int] = set()
+        self.dirty_log = DirtyLog(self)
         self._in_track = False
         #: called on every host timer tick with (vm, vcpu); the Host installs memory pressure here
         self.tick_hooks: list = []
+        #: called with the VM once it is destroyed (the Host forgets it)
+        self.destroy_hooks: list = []
         host_mm.register_vm(vm_id, self.ept, self._invept)
         for gfn in range(memory_pages):
             host_mm.populate(vm_id, gfn)
@@ -399,6 +411,16 @@ class VM:
     @property
     def kvm(self) -> "KvmView":
         return KvmView(self)
+
+    @property
+    def dirty_logging(self) -> bool:
+        """True while dirty logging is on (``dirty_log.active``)."""
+        return self.dirty_log.active
+
+    @property
+    def dirty(self) -> set:
+        """The gfns written since the last KVM_GET_DIRTY_LOG (``dirty_log.dirty``)."""
+        return self.dirty_log.dirty
 
     def _invept(self) -> None:
         for v in getattr(self, "vcpus", []):
@@ -417,46 +439,43 @@ class VM:
         return hfn
 
     def handle_ept_violation(self, gpa: int, source: str) -> None:
-        """KVM's EPT-violation handler (tdp_page_fault): fault the page in."""
+        """KVM's EPT-violation handler (tdp_page_fault): fault the page in.
+
+        While dirty logging, a write to a write-protected page is the
+        logging fault instead (:meth:`DirtyLog.ept_violation`).
+        """
         gfn = gpa >> 12
+        if self.dirty_log.ept_violation(gfn, source):
+            return
         if not 0 <= gfn < self.memory_pages:
             self.crash(f"EPT violation outside guest memory at gpa {gpa:#x} ({source})")
             return
         self.fault_in(gfn, why=f"EPT violation ({source})")
+        self.dirty_log.faulted_in(gfn)
+
+    def _read_entry(self, entry_gpa: int) -> int | None:
+        """A guest page-table entry read through guest memory (None outside the memslot)."""
+        if entry_gpa >> 12 >= self.memory_pages:
+            return None
+        return int.from_bytes(self.phys.read(entry_gpa, 8), "little")
 
     def gva_to_gpa(self, cr3: int, gva: int, write: bool = False) -> int:
-        if not C.is_canonical(gva) or not 0 <= gva < 1 << 64:
+        """KVM's software walk of the guest page tables (walk_mmu->gva_to_gpa).
+
+        Returns the GPA or UNMAPPED_GVA (-1); uses the one walker,
+        :func:`pebslab.hw.mmu.walk_tables`.
+        """
+        if not 0 <= gva < 1 << 64 or not is_canonical(np.uint64(gva)):
             return pebs_pin.UNMAPPED_GVA
-        table = cr3 & ~0xFFF
-        for level, shift in ((4, 39), (3, 30), (2, 21), (1, 12)):
-            idx = (gva >> shift) & 0x1FF
-            entry_gpa = table + 8 * idx
-            if entry_gpa >> 12 >= self.memory_pages:
+        for level, _entry_gpa, entry in walk_tables(self._read_entry, cr3, gva):
+            if entry is None or not entry & PTE_P or (write and not entry & PTE_RW):
                 return pebs_pin.UNMAPPED_GVA
-            entry = int.from_bytes(self.phys.read(entry_gpa, 8), "little")
-            if not entry & 1 or (write and not entry & 2):
-                return pebs_pin.UNMAPPED_GVA
-            addr = entry & 0x000FFFFFFFFFF000
-            if level in (3, 2) and entry & 0x80:
-                size = 1 << shift
-                return (addr & ~(size - 1)) | (gva & (size - 1))
-            table = addr
-        return table | (gva & 0xFFF)
+        return leaf_gpa(level, entry, gva)
 
     def table_gfns(self, cr3: int, gva: int) -> list[int]:
         """The guest frames holding the page-table entries that map ``gva``."""
-        out = []
-        table = cr3 & ~0xFFF
-        for shift in (39, 30, 21, 12):
-            out.append(table >> 12)
-            entry_gpa = table + 8 * ((gva >> shift) & 0x1FF)
-            if entry_gpa >> 12 >= self.memory_pages:
-                break
-            entry = int.from_bytes(self.phys.read(entry_gpa, 8), "little")
-            if not entry & 1:
-                break
-            table = entry & 0x000FFFFFFFFFF000
-        return out
+        return [entry_gpa >> 12 for _level, entry_gpa, _entry
+                in walk_tables(self._read_entry, cr3, gva)]
 
     def is_tracked(self, gfn: int) -> bool:
         return gfn in self.tracked
@@ -581,68 +600,29 @@ class VM:
             self.crash(f"guest PMI handler took an unexpected {e}")
 
     def _drain_log(self, v: VCPU, workload) -> None:
-        rows = v.core.take_log()
-        for kind, tsc, a, b, c, d in rows.tolist():
-            if kind == C.LOG_OVERFLOW:
-                self.trace.add("OVERFLOW", tsc, vcpu=v.index, value=a, gva=c & (2**64 - 1),
-                               info=f"counter {a} at {workload.symbol_of(c & (2**64 - 1))}")
-            elif kind == C.LOG_PEBS_WRITE:
-                hfn = (b & (2**64 - 1)) >> 12
-                self.trace.add("PEBS_WRITE", tsc, vcpu=v.index, gva=a & (2**64 - 1),
-                               hpa=b & (2**64 - 1), frame=hfn, value=d & (2**64 - 1),
-                               info=f"{c}-byte record")
-            elif kind == C.LOG_PEBS_FAULT:
-                self.trace.add("PEBS_FAULT", tsc, vcpu=v.index, gva=a & (2**64 - 1),
-                               gpa=b & (2**64 - 1),
-                               info=("EPT violation" if c == XLATE_EPT else
-                                     "guest page fault" if c == XLATE_PF else f"code {c}"))
-            elif kind == C.LOG_PEBS_DROP:
-                self.trace.add("PEBS_DROP", tsc, vcpu=v.index, gva=a & (2**64 - 1),
-                               info="buffer full: record not written")
-            elif kind == C.LOG_PMI:
-                self.trace.add("PMI", tsc, vcpu=v.index, value=a & (2**64 - 1),
-                               gva=c & (2**64 - 1), info="hardware PMI")
+        """The core's event log (:mod:`pebslab.hw.eventlog`) as trace rows of this vCPU."""
+        add = self.trace.add
+        for ev in eventlog.decode(v.core.take_log()):
+            k = ev.kind
+            if k == "OVERFLOW":
+                add(k, ev.tsc, vcpu=v.index, value=ev.a, gva=ev.c,
+                    info=f"counter {ev.a} at {workload.symbol_of(ev.c)}")
+            elif k == "PEBS_WRITE":
+                add(k, ev.tsc, vcpu=v.index, gva=ev.a, hpa=ev.b, frame=ev.b >> 12, value=ev.d,
+                    info=f"{ev.c}-byte record")
+            elif k == "PEBS_FAULT":
+                add(k, ev.tsc, vcpu=v.index, gva=ev.a, gpa=ev.b,
+                    info=("EPT violation" if ev.c == XLATE_EPT else
+                          "guest page fault" if ev.c == XLATE_PF else f"code {ev.c}"))
+            elif k == "PEBS_DROP":
+                add(k, ev.tsc, vcpu=v.index, gva=ev.a, info="buffer full: record not written")
+            elif k == "PMI":
+                add(k, ev.tsc, vcpu=v.index, value=ev.a, gva=ev.c, info="hardware PMI")
 
     def _host_pmi(self, v: VCPU, workload) -> None:
-        """The host's PMI (NMI) handler for the pCPU the guest was running on.
-
-        Models intel_pmu_handle_irq() with the 2014 series' guest-owned
-        events: overflowed counters are updated, re-armed and their handlers
-        called (for KVM's events: kvm_perf_overflow[_intr]); bit 62 with a
-        guest-owned PEBS event calls that event's handler once (no host
-        drain: the records are in the guest's buffer).
-        """
-        core = v.core
-        perf = v.pcpu.perf
-        status = int(core.regs[C.R_GLOBAL_STATUS])
-        rip = core.rip
-        ip = int(workload.ip[rip])
-        pebs_bits = int(core.regs[C.R_PEBS_ENABLE]) | perf_hw.pebs_guest_mask(perf)
-        handled = 0
-        for bit in list(range(64)):
-            if not status >> bit & 1 or bit >= 62:
-                continue
-            handled |= 1 << bit
-            if pebs_bits >> bit & 1 and bit < 32:
-                continue
-            ev = perf.by_idx(bit) if (bit < perf.n_gp or 32 <= bit < 32 + perf.n_fixed) else None
-            if ev is None:
-                continue
-            if ev.attr.precise_ip:
-                continue
-            perf_hw.event_update(core, ev)
-            perf_hw.rearm(core, ev)
-            ev.overflow(ip)
-        if status >> 62 & 1:
-            handled |= 1 << 62
-            for ev in perf.events():
-                if ev.hw_idx >= 0 and ev.attr.precise_ip:
-                    perf_hw.event_update(core, ev)
-                    if ev.guest_owned:
-                        ev.overflow(ip)
-                        break
-                    v.trace("NOTE", info="host PEBS buffer threshold (host drain not modeled)")
-        core.regs[C.R_GLOBAL_STATUS] = np.uint64(status & ~handled)
+        """The host's PMI (NMI) handler on the guest's pCPU (:func:`perf_hw.intel_pmu_handle_irq`)."""
+        ip = int(workload.ip[v.core.rip])
+        perf_hw.intel_pmu_handle_irq(v.core, v.pcpu.perf, ip, v.trace)
 
     def _pebs_fault(self, v: VCPU) -> None:
         info = int(v.core.regs[C.R_EXIT_INFO])
@@ -688,10 +668,15 @@ class VM:
             kpmu.kvm_pmu_destroy(v)
             for ev in list(v.pcpu.perf.events()):
                 v.host_perf_release(ev)
+        self.dirty_log.active = False          # the memslots go with the VM
         leaked = self.host_mm.release_vm(self.id)
         self.host_mm.unregister_vm(self.id)
         self.destroyed = True
         self.trace.add("NOTE", 0, info=f"VM destroyed; leaked frames: {leaked}")
+        for hook in self.destroy_hooks:
+            hook(self)
+        self.destroy_hooks = []
+        self.tick_hooks = []
         return leaked
 
 
@@ -712,31 +697,3 @@ class KvmView:
     @property
     def autoload(self) -> vmx.MsrAutoload:
         return self.vm.vcpus[0].autoload
-
-
-def kvm_filter_cpuid(cpuid: CPUID.Cpuid, cpu: CpuModel, design: Design) -> CPUID.Cpuid:
-    """What KVM lets the guest see (__do_cpuid_ent with the patch's hunk).
-
-    The patch sets DS, DTES64 and PDCM only when the host supports PEBS
-    virtualization; KVM's leaf 0xA caps the PMU version at 2 (2014).
-    """
-    out = cpuid
-    supported = cpu.name == "silvermont" if not design.require_pebs_ept else cpu.pebs_ept
-    if not supported:
-        out = out.without("DS", "DTES64", "PDCM")
-    eax, ebx, ecx, edx = out.leaf(0xA)
-    if eax & 0xFF:
-        cap = 2 if not design.data_cfg else min(eax & 0xFF, 5)
-        eax = (eax & ~0xFF) | min(eax & 0xFF, cap)
-        leaves = dict(out.leaves)
-        leaves[0xA] = (eax, ebx, ecx, edx)
-        out = CPUID.Cpuid(leaves)
-    return out
-
-
-def _check_int(name, value, lo, hi) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int; got {type(value).__name__}")
-    if not lo <= int(value) <= hi:
-        raise ValueError(f"{name} must be in {lo}..{hi:#x}; got {value}")
-    return int(value)

@@ -1,4 +1,4 @@
-"""Tests for pebslab.kvm.migration: save/restore of the vPMU + PEBS state, dirty logging.
+"""Tests for pebslab.vmm.migrate (save/restore of the vPMU + PEBS state) and pebslab.kvm.dirty_log.
 
 The guest programs PEBS by hand through vcpu.wrmsr (as a profiler would):
 DS area in one page, a 64 KiB buffer, PEBS on PMC0 for the hot loop's
@@ -19,7 +19,8 @@ from pebslab.host.mm import EPT_R, EPT_W
 from pebslab.hw import core as C
 from pebslab.hw import msr as M
 from pebslab.hw.models import get_model
-from pebslab.kvm import migration as MG
+from pebslab.kvm import dirty_log as DL
+from pebslab.vmm import migrate as MG
 
 PERIOD = 50                 # one LLC-missing load per 64-instruction loop: a record every ~3200
 RUN = 20_000                # instructions per run: ~6 records
@@ -300,7 +301,7 @@ def test_bad_arguments_name_themselves():
     with pytest.raises(TypeError, match="state must be a VmState"):
         MG.restore_state({}, pl.Host())
     with pytest.raises(ValueError, match="dirty logging is not enabled"):
-        MG.get_dirty_log(vm)
+        DL.get_dirty_log(vm)
 
 
 # ----------------------------------------------------------------------------
@@ -310,21 +311,21 @@ def test_bad_arguments_name_themselves():
 def test_dirty_logging_crashes_a_pebs_guest_under_patch():
     host, base, vm, g = make(design="patch")
     pinned = pinned_gfns(vm)
-    MG.start_dirty_logging(vm)
+    DL.start_dirty_logging(vm)
     assert all(not int(vm.ept[gfn]) & EPT_W for gfn in pinned)   # pinned, yet write-protected
     res, samples = g.run()
     assert res.crashed and samples == []
     assert "EPT violation" in vm.crash_reason and "cannot deliver faults" in vm.crash_reason
     fault = vm.trace.of("PEBS_FAULT")[-1]
     assert int(fault["gpa"]) >> 12 in pinned                       # the fault hit a pinned page
-    MG.stop_dirty_logging(vm)
+    DL.stop_dirty_logging(vm)
     assert vm.destroy() == [] and back_to_baseline(host, base)
 
 
 def test_dirty_logging_under_fixed_skips_pinned_pages_and_reports_them_dirty():
     host, base, vm, g = make(design="fixed")
     pinned = pinned_gfns(vm)
-    st = MG.start_dirty_logging(vm)
+    st = DL.start_dirty_logging(vm)
     ept = vm.ept
     present = [gfn for gfn in range(PAGES) if int(ept[gfn]) & EPT_R]
     assert all(int(ept[gfn]) & EPT_W for gfn in pinned)
@@ -332,9 +333,9 @@ def test_dirty_logging_under_fixed_skips_pinned_pages_and_reports_them_dirty():
     for _ in range(2):
         res, samples = g.run()
         assert not res.crashed and samples and set(samples) == {HOT_IP}
-        assert set(pinned) <= set(MG.get_dirty_log(vm))         # in every log
+        assert set(pinned) <= set(DL.get_dirty_log(vm))         # in every log
     assert st.faults == 0                                      # the CPU never hit a protection
-    MG.stop_dirty_logging(vm)
+    DL.stop_dirty_logging(vm)
     assert all(int(ept[gfn]) & EPT_W for gfn in present)
     assert "write" not in vm.phys.__dict__ and "handle_ept_violation" not in vm.__dict__
     assert "wrmsr" not in vm.vcpus[0].__dict__
@@ -343,40 +344,40 @@ def test_dirty_logging_under_fixed_skips_pinned_pages_and_reports_them_dirty():
 
 def test_a_pin_taken_while_logging_is_made_writable_under_fixed():
     host, base, vm, g = make(design="fixed")
-    MG.start_dirty_logging(vm)
+    DL.start_dirty_logging(vm)
     g.ds, g.buf = g.new_buffer()                      # fresh pages: write-protected now
     vm.vcpus[0].wrmsr(M.MSR_IA32_DS_AREA, g.ds)       # `fixed` re-pins on a new DS_AREA
     new_pins = pinned_gfns(vm)
     assert all(int(vm.ept[gfn]) & EPT_W for gfn in new_pins)
     res, samples = g.run()
     assert not res.crashed and set(samples) == {HOT_IP}
-    assert set(new_pins) <= set(MG.get_dirty_log(vm))
+    assert set(new_pins) <= set(DL.get_dirty_log(vm))
 
 
 def test_guest_software_write_to_a_protected_page_takes_one_fault():
     host = pl.Host(frames=512)
     vm = host.create_vm(memory_pages=64)
-    MG.start_dirty_logging(vm)
+    DL.start_dirty_logging(vm)
     exits = vm.exit_counts.get("EPT_VIOLATION", 0)
     vm.phys.write(0x5000 + 8, b"\x01\x02")
     vm.phys.write(0x5000 + 16, b"\x03")                # already writable: no second fault
     assert vm.exit_counts["EPT_VIOLATION"] == exits + 1
     assert vm.phys.read(0x5008, 2) == b"\x01\x02"
     assert any("gfn 0x5 dirty" in s for s in vm.trace.info_of("DIRTY_LOG"))
-    assert MG.get_dirty_log(vm, clear=False) == [5]
-    assert MG.get_dirty_log(vm) == [5]                 # clearing re-protects ...
-    assert MG.get_dirty_log(vm) == []
+    assert DL.get_dirty_log(vm, clear=False) == [5]
+    assert DL.get_dirty_log(vm) == [5]                 # clearing re-protects ...
+    assert DL.get_dirty_log(vm) == []
     vm.phys.write(0x5FFF, b"\xaa\xbb")                 # ... and a write across two pages
     assert vm.exit_counts["EPT_VIOLATION"] == exits + 3
-    assert MG.get_dirty_log(vm) == [5, 6]
-    MG.stop_dirty_logging(vm)
+    assert DL.get_dirty_log(vm) == [5, 6]
+    DL.stop_dirty_logging(vm)
     vm.phys.write(0x5000, b"\x00")
     assert vm.exit_counts["EPT_VIOLATION"] == exits + 3
 
 
 def test_icelake_pebs_writes_dirty_pages_through_ept_exits_without_losing_records():
     host, base, vm, g = make(cpu="icelake", design="icelake")
-    MG.start_dirty_logging(vm)
+    DL.start_dirty_logging(vm)
     exits = vm.exit_counts.get("EPT_VIOLATION", 0)
     ovf = vm.trace.of("OVERFLOW").size
     writes = vm.trace.of("PEBS_WRITE").size
@@ -388,11 +389,11 @@ def test_icelake_pebs_writes_dirty_pages_through_ept_exits_without_losing_record
     assert vm.trace.of("PEBS_DROP").size == 0
     ds_gfn = vm.vcpus[0].gva_to_gpa(g.ds) >> 12
     buf_gfn = vm.vcpus[0].gva_to_gpa(g.buf) >> 12
-    dirty = MG.get_dirty_log(vm)
+    dirty = DL.get_dirty_log(vm)
     assert ds_gfn in dirty and buf_gfn in dirty
     faults = [int(r["gpa"]) >> 12 for r in vm.trace.rows("VMEXIT") if r["info"] == "EPT_VIOLATION"]
     assert buf_gfn in faults                          # the PEBS assist itself exited
-    MG.stop_dirty_logging(vm)
+    DL.stop_dirty_logging(vm)
     assert vm.destroy() == [] and back_to_baseline(host, base)
 
 

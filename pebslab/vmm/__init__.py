@@ -1,0 +1,1 @@
+"""What the VMM (QEMU) does on top of KVM: save, restore and migrate a VM."""
