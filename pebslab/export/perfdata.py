@@ -477,7 +477,7 @@ def _symbol_files(prof: _Profile, folder: Path, stem: str):
     kall_text = None
     if S.kernel_symbols(w):
         kall_text, kall_lo, kall_hi = S.kallsyms_text(w)
-        kall = (folder / f"{stem}.kallsyms").resolve()
+        kall = folder / f"{stem}.kallsyms"
         files[kall] = kall_text.encode()
     return files, elf, elf_img, kall, kall_text, kall_lo, kall_hi
 
