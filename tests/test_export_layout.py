@@ -278,7 +278,7 @@ def test_build_id_feature_names_the_elf_with_its_note(exported):
         bid = raw[pos + 12:pos + 12 + 20]
         found[cstr(raw[pos + 36:pos + size])] = (misc & 7, pid, bid)
         pos += size
-    assert found[str(files.elf)][0] == MISC_USER
+    assert found[str(files.elf)][:2] == (MISC_USER, -1)
     assert found["[kernel.kallsyms]"][:2] == (MISC_KERNEL, -1)
     elf = files.elf.read_bytes()
     note = elf.find(b"GNU\0")

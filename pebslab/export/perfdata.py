@@ -45,6 +45,7 @@ source.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import struct
@@ -187,6 +188,16 @@ class EventInfo:
     period: int
     memory: bool = False
 
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise TypeError(f"name must be a non-empty str; got {self.name!r}")
+        check_int("config", self.config, 0, (1 << 64) - 1, as_hex=True)
+        check_int("precise_ip", self.precise_ip, 0, 3)
+        check_int("period", self.period, 1, (1 << 63) - 1)
+        for f in ("usr", "os", "memory"):
+            if not isinstance(getattr(self, f), (bool, np.bool_)):
+                raise TypeError(f"{f} must be True or False; got {getattr(self, f)!r}")
+
 
 def event_info(event, period=None) -> EventInfo:
     """Return the EventInfo of a Recording, an EventSpec or an EventInfo.
@@ -194,7 +205,7 @@ def event_info(event, period=None) -> EventInfo:
     A Recording gives its own period; an EventSpec needs ``period``.
     """
     if isinstance(event, EventInfo):
-        return event if period is None else EventInfo(**{**event.__dict__, "period": period})
+        return event if period is None else dataclasses.replace(event, period=period)
     from ..guest.perf import EventSpec, Recording
     if isinstance(event, Recording):
         spec = event.spec
@@ -492,7 +503,10 @@ def _features(prof: _Profile, elf: Path | None, elf_img, kall_text, attr: bytes)
         bids += build_id_record(HOST_KERNEL_ID, S.build_id_of(kall_text.encode()),
                                 KERNEL_MMAP_NAME, PERF_RECORD_MISC_KERNEL)
     if elf_img is not None:
-        bids += build_id_record(prof.pid, elf_img.build_id, str(elf), PERF_RECORD_MISC_USER)
+        # the pid of a build-id record is the machine's (the host's: -1), not the process's:
+        # perf files build-ids per machine, and with any other pid the DSO is not matched
+        bids += build_id_record(HOST_KERNEL_ID, elf_img.build_id, str(elf),
+                                PERF_RECORD_MISC_USER)
     feats[HEADER_BUILD_ID] = bids
     feats[HEADER_HOSTNAME] = header_string("pebslab-guest")
     feats[HEADER_OSRELEASE] = header_string("pebslab-guest")
