@@ -58,10 +58,11 @@ def _help_epilog() -> str:
     lines.append("")
     lines += textwrap.wrap("events per CPU model (append :p or :pp for a precise, PEBS-sampled "
                            "event; * = may use PEBS; on every model also the generic "
-                           + ", ".join(GENERIC_EVENTS) + " and raw r<hex>):", width=92)
+                           + ", ".join(GENERIC_EVENTS) + " and raw r<hex>):", width=92,
+                           break_on_hyphens=False)
     for m in pl.MODELS.values():
         evs = ", ".join(e.name + ("*" if e.pebs else "") for e in m.events)
-        lines += textwrap.wrap(f"{evs}; cycles:pp* via the PEBS alias", width=92,
+        lines += textwrap.wrap(f"{evs}; cycles:pp* via the PEBS alias", width=92, break_on_hyphens=False,
                                initial_indent=f"  {m.name:<11} ", subsequent_indent=" " * 14)
     lines.append("")
     pebs = _pebs_matrix()
