@@ -206,3 +206,25 @@ def test_recording_samples_export(tmp_path):
     info = export.event_info(rec)
     assert (info.name, info.config, info.precise_ip, info.period) == \
         ("INST_RETIRED.ANY_P:pp", 0xC0, 2, 2003)
+
+
+def test_overhead_table_rows():
+    s = samples_at(W, np.arange(len(W)))
+    rows = export.overhead_table(s).splitlines()
+    sym, cnt = np.unique(s["sym"], return_counts=True)
+    assert len(rows) == len(sym)
+    parsed = {r.split()[-1]: (float(r.split()[0].rstrip("%")), r.split()[1]) for r in rows}
+    for name, n in zip(sym.tolist(), cnt.tolist()):
+        pct, mode = parsed[name]
+        assert pct == pytest.approx(100 * n / s.size, abs=0.005)
+        kernel = any(a >= 1 << 63 for a, _, nm in W.symbols if nm == name)
+        assert mode == ("[k]" if kernel else "[.]")
+    assert [float(r.split()[0].rstrip("%")) for r in rows] == \
+        sorted((float(r.split()[0].rstrip("%")) for r in rows), reverse=True)
+
+
+def test_run_perf_without_perf_says_how_to_install(tmp_path, monkeypatch):
+    files = export.perf_data(ALL, tmp_path / "g.data", workload=W, event=EVENT)
+    monkeypatch.setattr(export.tool.shutil, "which", lambda name: None)
+    with pytest.raises(FileNotFoundError, match="apt-get install linux-perf"):
+        export.perf_report(files)

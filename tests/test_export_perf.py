@@ -214,3 +214,26 @@ def test_perf_mem_report_on_a_load_latency_profile(tmp_path):
         k = names[LEVELS[lat]]
         want[k] = want.get(k, 0) + 1
     assert counts == want
+
+
+def test_perf_report_helper_matches_overhead_table(guest_profile):
+    home, w, s, files = guest_profile
+    rows = export.perf_report(files, sort="sym").splitlines()
+    assert rows[0].startswith("# Samples: ")
+    assert sorted(rows[1:]) == sorted(export.overhead_table(s).splitlines())
+
+
+@pytest.mark.parametrize("make", [multi_function, hot_loop])
+def test_perf_reads_without_warnings(make, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    w = make()
+    pos = np.arange(len(w))
+    s = np.zeros(pos.size, dtype=SAMPLE_DTYPE)
+    s["ip"], s["cpl"], s["time"] = w.ip[pos], w.cpl[pos], np.arange(1, pos.size + 1)
+    ev = export.EventInfo("INST_RETIRED.ANY_P:pp", 0xC0, 2, True, True, 1009)
+    files = export.perf_data(s, tmp_path / "g.data", workload=w, event=ev)
+    r = run_perf(home, "report", "--stdio", *files.perf_args())
+    assert r.stderr.decode().strip() == ""
+    for _, _, name in w.symbols:
+        assert name in r.stdout.decode()

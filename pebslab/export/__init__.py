@@ -19,7 +19,9 @@ from .perfdata import EventInfo, PerfFiles, data_src, event_info, perf_data
 from .stacks import (FlameGraph, call_stacks, collapsed, flamegraph, sample_stacks, speedscope,
                      speedscope_dict)
 from .symbols import build_elf, kallsyms_text
+from .tool import INSTALL_HINT, overhead_table, perf_path, perf_report, run_perf
 
 __all__ = ["perf_data", "PerfFiles", "EventInfo", "event_info", "data_src", "collapsed",
            "flamegraph", "FlameGraph", "speedscope", "speedscope_dict", "call_stacks",
-           "sample_stacks", "build_elf", "kallsyms_text"]
+           "sample_stacks", "build_elf", "kallsyms_text", "perf_path", "run_perf", "perf_report",
+           "overhead_table", "INSTALL_HINT"]

@@ -375,8 +375,6 @@ class _Profile:
                    or (self.addr is not None and bool(self.addr.any()))
                    or (self.weight is not None and bool(self.weight.any())))
         self.memory = has_mem
-        self.has_user = bool((~kernel).any()) or bool(S.user_symbols(workload))
-        self.has_kernel = bool(kernel.any()) or bool(S.kernel_symbols(workload))
         self.stacks = call_stacks(workload)[0] if self.callchain else {}
 
     @property
@@ -454,8 +452,8 @@ class PerfFiles:
     """The files one export wrote, and how to point perf at them.
 
     ``data`` the perf.data (None for a pipe), ``elf`` the user-space symbol
-    file, ``kallsyms`` the kernel symbol file (None if the workload has no
-    kernel function), ``build_id`` the ELF's build-id (hex), ``samples``
+    file (None if the workload has no user function), ``kallsyms`` the
+    kernel symbol file, ``build_id`` the ELF's build-id (hex), ``samples``
     the number of SAMPLE records, ``size`` the perf.data's bytes.
     """
 
@@ -485,11 +483,9 @@ def _symbol_files(prof: _Profile, folder: Path, stem: str):
         elf_img = S.build_elf(w)
         elf = (folder / w.name).resolve()
         files[elf] = elf_img.data
-    kall_text = None
-    if S.kernel_symbols(w):
-        kall_text, kall_lo, kall_hi = S.kallsyms_text(w)
-        kall = folder / f"{stem}.kallsyms"
-        files[kall] = kall_text.encode()
+    kall_text, kall_lo, kall_hi = S.kallsyms_text(w)
+    kall = folder / f"{stem}.kallsyms"
+    files[kall] = kall_text.encode()
     return files, elf, elf_img, kall, kall_text, kall_lo, kall_hi
 
 
@@ -499,9 +495,8 @@ def _features(prof: _Profile, elf: Path | None, elf_img, kall_text, attr: bytes)
     model = prof.cpu
     feats = {}
     bids = b""
-    if kall_text is not None:
-        bids += build_id_record(HOST_KERNEL_ID, S.build_id_of(kall_text.encode()),
-                                KERNEL_MMAP_NAME, PERF_RECORD_MISC_KERNEL)
+    bids += build_id_record(HOST_KERNEL_ID, S.build_id_of(kall_text.encode()),
+                            KERNEL_MMAP_NAME, PERF_RECORD_MISC_KERNEL)
     if elf_img is not None:
         # the pid of a build-id record is the machine's (the host's: -1), not the process's:
         # perf files build-ids per machine, and with any other pid the DSO is not matched
@@ -533,10 +528,11 @@ def _features(prof: _Profile, elf: Path | None, elf_img, kall_text, attr: bytes)
 
 def _data_records(prof: _Profile, elf: Path | None, elf_img, kall_lo, kall_hi) -> bytes:
     t0 = int(prof.time.min())
-    out = [comm_record(prof.pid, prof.pid, prof.comm, t0)]
-    if kall_hi:
-        out.append(mmap_record(HOST_KERNEL_ID, 0, kall_lo, kall_hi - kall_lo, kall_lo,
-                               KERNEL_MMAP_NAME + "_text", PERF_RECORD_MISC_KERNEL, t0))
+    out = [comm_record(prof.pid, prof.pid, prof.comm, t0),
+           # every profile has a kernel map: "[kernel.kallsyms]_text" at _text, pgoff = _text
+           # (perf's reference relocation symbol, checked against _text in the kallsyms file)
+           mmap_record(HOST_KERNEL_ID, 0, kall_lo, kall_hi - kall_lo, kall_lo,
+                       KERNEL_MMAP_NAME + "_text", PERF_RECORD_MISC_KERNEL, t0)]
     if elf_img is not None:
         out.append(mmap_record(prof.pid, prof.pid, elf_img.vaddr, elf_img.size, elf_img.offset,
                                str(elf), PERF_RECORD_MISC_USER, t0))

@@ -212,14 +212,17 @@ def kallsyms_text(workload: Workload) -> tuple[str, int, int]:
 
     pebslab only. Lines "%016x T name", sorted by address; ``_text`` is
     pebslab's KERNEL_TEXT (or the first function's page if lower), ``_etext``
-    the page after the last function. Raises ValueError if there is no
-    kernel function.
+    the page after the last function. A workload without kernel functions
+    still gets the file (just ``_text`` and ``_etext``): perf expects a
+    kernel map in every profile and warns about restricted kernel maps
+    without one.
     """
     syms = kernel_symbols(workload)
-    if not syms:
-        raise ValueError(f"workload {workload.name!r} has no kernel function")
-    lo, hi = text_range(syms)
-    lo = min(lo, KERNEL_TEXT) if KERNEL_TEXT >= KERNEL_HALF else lo
+    if syms:
+        lo, hi = text_range(syms)
+        lo = min(lo, KERNEL_TEXT)
+    else:
+        lo, hi = KERNEL_TEXT, KERNEL_TEXT + PAGE
     lines = [f"{lo:016x} T _text"]
     lines += [f"{start:016x} T {name}" for start, _, name in syms]
     lines.append(f"{hi:016x} T _etext")
