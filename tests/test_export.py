@@ -228,3 +228,17 @@ def test_run_perf_without_perf_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setattr(export.tool.shutil, "which", lambda name: None)
     with pytest.raises(FileNotFoundError, match="apt-get install linux-perf"):
         export.perf_report(files)
+
+
+def test_event_info_of_a_load_event_marks_loads(tmp_path):
+    host = pl.Host(cpu="silvermont", frames=2048, seed=0)
+    vm = host.create_vm(design="patch", memory_pages=256)
+    rec = pl.GuestKernel(vm).perf.record("MEM_UOPS_RETIRED.ALL_LOADS:pp", period=101)
+    info = export.event_info(rec)
+    assert info.memory and info.mem_op == "load"
+    assert info.config == pl.MODELS["silvermont"].event("MEM_UOPS_RETIRED.ALL_LOADS").code
+    plain = export.event_info(pl.GuestKernel(pl.Host(cpu="silvermont", frames=2048).create_vm(
+        memory_pages=256)).perf.record("cycles", period=1000))
+    assert not plain.memory and plain.mem_op == "na" and plain.precise_ip == 0
+    with pytest.raises(ValueError, match="mem_op must be one of"):
+        export.EventInfo("x", 1, 0, True, True, 1, mem_op="fetch")

@@ -177,7 +177,9 @@ class EventInfo:
     pebslab only. ``name`` is the event string (e.g. "cycles:pp"),
     ``config`` the eventsel bits 31:0 (event, umask, inv, cmask),
     ``precise_ip`` 0..3, ``usr``/``os`` the privilege filter, ``period``
-    the sampling period, ``memory`` whether it is a memory event.
+    the sampling period, ``memory`` whether it is a memory event and
+    ``mem_op`` what its samples are ('load', 'store' or 'na': the mem_op of
+    the data source written when the samples carry none).
     """
 
     name: str
@@ -187,6 +189,7 @@ class EventInfo:
     os: bool
     period: int
     memory: bool = False
+    mem_op: str = "na"
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -197,6 +200,9 @@ class EventInfo:
         for f in ("usr", "os", "memory"):
             if not isinstance(getattr(self, f), (bool, np.bool_)):
                 raise TypeError(f"{f} must be True or False; got {getattr(self, f)!r}")
+        if self.mem_op not in PERF_MEM_OP:
+            raise ValueError(f"mem_op must be one of {', '.join(map(repr, PERF_MEM_OP))}; got "
+                             f"{self.mem_op!r}")
 
 
 def event_info(event, period=None) -> EventInfo:
@@ -219,8 +225,12 @@ def event_info(event, period=None) -> EventInfo:
         raise TypeError(f"event must be a Recording (guest.perf.record(...)), an EventSpec or "
                         f"an EventInfo; got {type(event).__name__}")
     period = check_int("period", period, 1, (1 << 63) - 1)
+    from ..hw.models import EV_LLC_MISS, EV_LLC_REF, EV_LOADS, EV_STORES
+    kind = spec.desc.kind if spec.desc is not None else None
+    op = ("load" if kind in (EV_LOADS, EV_LLC_MISS, EV_LLC_REF)
+          else "store" if kind == EV_STORES else "na")
     return EventInfo(name=spec.spec, config=spec.config, precise_ip=spec.precise_ip,
-                     usr=spec.usr, os=spec.os, period=period, memory=spec.memory)
+                     usr=spec.usr, os=spec.os, period=period, memory=spec.memory, mem_op=op)
 
 
 # =============================================================================
@@ -413,7 +423,7 @@ class _Profile:
             if self.dsrc is not None:
                 dsrc = self.dsrc
             else:
-                na = data_src("load" if self._is_load() else "na", None)
+                na = data_src(self.ev.mem_op, None)
                 dsrc = np.full(n, na, np.uint64)
             addr, weight, dsrc = addr.tolist(), weight.tolist(), dsrc.tolist()
         buf = io.BytesIO()
@@ -438,13 +448,6 @@ class _Profile:
             buf.write(event_header(PERF_RECORD_SAMPLE, misc, 8 + len(body)))
             buf.write(body)
         return buf.getvalue()
-
-    def _is_load(self) -> bool:
-        from ..hw.models import EV_LLC_MISS, EV_LLC_REF, EV_LOADS
-        if self.cpu is None:
-            return False
-        desc = self.cpu.event_by_code(self.ev.config)
-        return desc is not None and desc.kind in (EV_LOADS, EV_LLC_MISS, EV_LLC_REF)
 
 
 @dataclass(frozen=True)
