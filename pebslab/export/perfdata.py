@@ -238,7 +238,7 @@ def event_info(event, period=None) -> EventInfo:
 # =============================================================================
 
 def event_header(type_: int, misc: int, size: int) -> bytes:
-    """struct perf_event_header: u32 type, u16 misc, u16 size."""
+    """Encode struct perf_event_header: u32 type, u16 misc, u16 size (perf_event.h)."""
     return struct.pack("<IHH", type_, misc, size)
 
 
@@ -250,7 +250,8 @@ def attr_bytes(ev: EventInfo, sample_type: int) -> bytes:
     sampling period, disabled + inherit + enable_on_exec + mmap + comm as
     ``perf record`` sets them, precise_ip, exclude_user/exclude_kernel
     from the u/k modifiers, sample_id_all (so MMAP and COMM records carry
-    pid, tid, time and cpu too).
+    pid, tid, time and cpu too). Corresponds to what evsel__config() in
+    tools/perf/util/evsel.c sets for ``perf record -e EVENT -c PERIOD -g``.
     """
     flags = (ATTR_DISABLED | ATTR_INHERIT | ATTR_MMAP | ATTR_COMM | ATTR_ENABLE_ON_EXEC
              | ATTR_SAMPLE_ID_ALL | (ev.precise_ip & 3) << ATTR_PRECISE_IP_SHIFT
@@ -263,19 +264,25 @@ def attr_bytes(ev: EventInfo, sample_type: int) -> bytes:
 
 
 def header_string(s: str) -> bytes:
-    """perf_header_string: u32 len, then the string, NUL-terminated, padded to 64 bytes."""
+    """Encode a perf_header_string: u32 len, the string, NUL, zero padding to 64 bytes.
+
+    Corresponds to do_write_string() in tools/perf/util/header.c (NAME_ALIGN 64).
+    """
     raw = s.encode()
     n = (len(raw) + 1 + NAME_ALIGN - 1) // NAME_ALIGN * NAME_ALIGN
     return struct.pack("<I", n) + raw + bytes(n - len(raw))
 
 
 def header_string_list(items: list[str]) -> bytes:
-    """perf_header_string_list: u32 nr, then nr perf_header_strings."""
+    """Encode a perf_header_string_list: u32 nr, then nr perf_header_strings."""
     return struct.pack("<I", len(items)) + b"".join(header_string(s) for s in items)
 
 
 def sample_id_bytes(pid: int, tid: int, time: int, cpu: int) -> bytes:
-    """The sample_id trailer of non-sample records for sample_type TID|TIME|CPU."""
+    """Encode the sample_id trailer of a non-sample record for sample_type TID|TIME|CPU.
+
+    Field order as struct sample_id in perf_event.h: pid, tid; time; cpu, res.
+    """
     return struct.pack("<iiQII", pid, tid, time, cpu, 0)
 
 
@@ -285,7 +292,10 @@ def _padded_name(name: str, align: int) -> bytes:
 
 
 def comm_record(pid: int, tid: int, comm: str, time: int = 0) -> bytes:
-    """PERF_RECORD_COMM: u32 pid, tid; char comm[] (NUL, padded to 8); sample_id."""
+    """Encode PERF_RECORD_COMM: u32 pid, tid; char comm[] (NUL, padded to 8); sample_id.
+
+    Corresponds to perf_event__synthesize_comm() in tools/perf/util/synthetic-events.c.
+    """
     body = struct.pack("<ii", pid, tid) + _padded_name(comm, 8) + sample_id_bytes(pid, tid,
                                                                                    time, 0)
     return event_header(PERF_RECORD_COMM, 0, 8 + len(body)) + body
@@ -293,19 +303,24 @@ def comm_record(pid: int, tid: int, comm: str, time: int = 0) -> bytes:
 
 def mmap_record(pid: int, tid: int, start: int, length: int, pgoff: int, filename: str,
                 misc: int, time: int = 0) -> bytes:
-    """PERF_RECORD_MMAP: u32 pid, tid; u64 addr, len, pgoff; char filename[]; sample_id."""
+    """Encode PERF_RECORD_MMAP: u32 pid, tid; u64 addr, len, pgoff; char filename[]; sample_id.
+
+    Corresponds to perf_event__synthesize_mmap_events() and, for the kernel
+    ("[kernel.kallsyms]_text", pid -1, pgoff = _text),
+    perf_event__synthesize_kernel_mmap() in tools/perf/util/synthetic-events.c.
+    """
     body = (struct.pack("<iiQQQ", pid, tid, start, length, pgoff) + _padded_name(filename, 8)
             + sample_id_bytes(pid, tid, time, 0))
     return event_header(PERF_RECORD_MMAP, misc, 8 + len(body)) + body
 
 
 def build_id_record(pid: int, build_id: bytes, filename: str, misc: int) -> bytes:
-    """The build_id_event of HEADER_BUILD_ID (and of PERF_RECORD_HEADER_BUILD_ID in a pipe).
+    """Encode a build_id_event (HEADER_BUILD_ID; PERF_RECORD_HEADER_BUILD_ID in a pipe).
 
     header; s32 pid; 24 bytes: the id (20), its size (1), 3 reserved;
     the file name, NUL-terminated, padded to 64 bytes. ``header.misc`` is the
     cpumode plus PERF_RECORD_MISC_BUILD_ID_SIZE (perf's flag for "the size
-    byte is valid").
+    byte is valid"). Corresponds to write_buildid() in tools/perf/util/build-id.c.
     """
     idb = build_id + bytes(20 - len(build_id)) + bytes([len(build_id)]) + bytes(3)
     body = struct.pack("<i", pid) + idb + _padded_name(filename, NAME_ALIGN)
@@ -398,7 +413,12 @@ class _Profile:
         return t
 
     def callchain_bytes(self, ip: int) -> bytes:
-        """{u64 nr; u64 ips[nr]}: context markers, the IP, return addresses innermost first."""
+        """Encode {u64 nr; u64 ips[nr]}: context markers, the IP, return addresses, innermost first.
+
+        A PERF_CONTEXT_KERNEL / PERF_CONTEXT_USER marker precedes each run of
+        kernel / user addresses, as perf_callchain() (kernel/events/callchain.c)
+        stores them.
+        """
         frames = [ip] + list(reversed(self.stacks.get(ip, ())))
         out = []
         mode = None
@@ -411,7 +431,12 @@ class _Profile:
         return struct.pack(f"<Q{len(out)}Q", len(out), *out)
 
     def sample_records(self) -> bytes:
-        """Every PERF_RECORD_SAMPLE, in sample order."""
+        """Encode every PERF_RECORD_SAMPLE, in sample order.
+
+        Field order as perf_output_sample() (kernel/events/core.c) writes
+        them and perf_event.h lists them: ip; pid, tid; time; addr; cpu,
+        res; period; callchain; weight; data_src.
+        """
         ev = self.ev
         pid = self.pid
         n = self.ip.size
@@ -476,7 +501,7 @@ class PerfFiles:
 
 
 def _symbol_files(prof: _Profile, folder: Path, stem: str):
-    """Build the ELF and kallsyms bytes and their paths (not written yet)."""
+    """Build the ELF and kallsyms bytes and choose their paths (nothing written yet)."""
     w = prof.workload
     files = {}
     elf = kall = None
@@ -493,7 +518,7 @@ def _symbol_files(prof: _Profile, folder: Path, stem: str):
 
 
 def _features(prof: _Profile, elf: Path | None, elf_img, kall_text, attr: bytes) -> dict:
-    """feature id -> payload bytes (the same bytes in file and pipe mode, except BUILD_ID)."""
+    """Return {feature id: payload bytes} (the same bytes in file and pipe mode, except BUILD_ID)."""
     ev = prof.ev
     model = prof.cpu
     feats = {}
@@ -530,6 +555,7 @@ def _features(prof: _Profile, elf: Path | None, elf_img, kall_text, attr: bytes)
 
 
 def _data_records(prof: _Profile, elf: Path | None, elf_img, kall_lo, kall_hi) -> bytes:
+    """The data section: COMM, the kernel MMAP, the user MMAP, then the samples."""
     t0 = int(prof.time.min())
     out = [comm_record(prof.pid, prof.pid, prof.comm, t0),
            # every profile has a kernel map: "[kernel.kallsyms]_text" at _text, pgoff = _text
@@ -544,6 +570,10 @@ def _data_records(prof: _Profile, elf: Path | None, elf_img, kall_lo, kall_hi) -
 
 
 def _file_bytes(attr: bytes, data: bytes, feats: dict) -> bytes:
+    """Lay the file out: header, attrs, ids, data, feature sections, feature payloads.
+
+    Corresponds to perf_session__write_header() in tools/perf/util/header.c.
+    """
     attrs_off = FILE_HEADER_SIZE
     attr_size = len(attr) + FILE_SECTION_SIZE
     ids_off = attrs_off + attr_size
@@ -571,6 +601,12 @@ def _file_bytes(attr: bytes, data: bytes, feats: dict) -> bytes:
 
 
 def _pipe_bytes(attr: bytes, data: bytes, feats: dict) -> bytes:
+    """Lay a pipe stream out: 16-byte header, HEADER_ATTR, HEADER_FEATUREs, build-ids, data.
+
+    Corresponds to perf_header__write_pipe(), perf_event__synthesize_attr()
+    and perf_event__synthesize_features() in tools/perf/util/header.c and
+    synthetic-events.c.
+    """
     out = [PERF_MAGIC + struct.pack("<Q", PIPE_HEADER_SIZE)]
     body = attr + struct.pack("<Q", EVENT_ID)
     out.append(event_header(PERF_RECORD_HEADER_ATTR, 0, 8 + len(body)) + body)
@@ -601,7 +637,13 @@ def perf_data(samples, path, *, workload: Workload, event, period: int | None = 
     ``symbols_dir`` for a stream) go the ELF named after the workload and
     ``<name>.kallsyms``; perf finds the ELF by the absolute file name in
     the MMAP record and checks its build-id; the kernel symbols need
-    ``--kallsyms`` (``PerfFiles.perf_args()``). All or nothing: bad input
+    ``--kallsyms`` (``PerfFiles.perf_args()``). Two workloads of the same
+    name with different code exported into one folder share the ELF's name:
+    the later export replaces it, and perf then refuses the earlier
+    profile's user symbols (build-id mismatch) rather than show wrong
+    ones; use a folder per workload. In a shell pipeline perf checks
+    ``--kallsyms`` when it starts, so let the symbol files exist first.
+    All or nothing: bad input
     (empty samples, an IP outside every function, a folder that cannot be
     written) raises before any file exists, and files appear only complete.
     """
