@@ -178,12 +178,13 @@ LEVELS = {LAT_L1: "L1", LAT_L2: "L2", LAT_LLC: "L3", LAT_DRAM: "RAM"}
 def test_perf_mem_report_on_a_load_latency_profile(tmp_path):
     """Load samples with data address, latency and data source, in perf mem report.
 
-    None of pebslab's (model, design) pairs delivers load-latency samples
-    today (Silvermont's record has no data address or latency, FACTS g.3;
-    the guest driver models no load-latency event), so the samples are built
-    here from pointer_chase's own loads: what a Haswell
-    MEM_UOPS_RETIRED.ALL_LOADS:pp record with its address, latency and
-    data source would carry.
+    No (model, design) pair of the public API gives load-latency samples
+    to rely on: the patch's guests are Silvermont, whose record has no data
+    address or latency (FACTS g.3); the icelake design's guest records
+    come without the MEMINFO group; the guest driver models no
+    load-latency event. So the samples are built here from pointer_chase's
+    own loads: what a Haswell MEM_UOPS_RETIRED.ALL_LOADS:pp record with
+    address, latency and data source would carry.
     """
     home = tmp_path / "home"
     home.mkdir()

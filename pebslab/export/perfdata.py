@@ -62,7 +62,6 @@ from ._files import as_path, check_writable, write_all
 from .stacks import call_stacks
 
 # --- include/uapi/linux/perf_event.h ------------------------------------------------
-PERF_TYPE_HARDWARE = 0
 PERF_TYPE_RAW = 4
 PERF_ATTR_SIZE_VER7 = 128
 
@@ -134,13 +133,6 @@ HOST_KERNEL_ID = -1
 KERNEL_MMAP_NAME = "[kernel.kallsyms]"
 DEFAULT_PID = 1000
 EVENT_ID = 1
-
-#: Generic event name -> PERF_COUNT_HW_* (perf_event.h enum perf_hw_id): how
-#: ``perf record -e cycles`` names the event in the attribute's ``type``/``config``.
-#: pebslab writes the raw encoding instead (see ``attr_bytes``); the table is
-#: here for the CLI help only.
-PERF_COUNT_HW = {"cycles": 0, "instructions": 1, "cache-references": 2, "cache-misses": 3,
-                 "branches": 4, "branch-misses": 5, "ref-cycles": 9}
 
 
 def data_src(op: str = "load", level: str | None = None, hit: bool = True) -> int:
