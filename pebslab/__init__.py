@@ -22,6 +22,9 @@ def __getattr__(name):
     if name == "GuestKernel":
         from .guest.kernel import GuestKernel
         return GuestKernel
+    if name == "export":
+        import importlib
+        return importlib.import_module(".export", __name__)
     if name == "BareMetal":
         from .baremetal import BareMetal
         return BareMetal
@@ -30,4 +33,4 @@ def __getattr__(name):
 
 __all__ = ["Host", "GuestKernel", "BareMetal", "Design", "get_design", "DESIGN_NAMES",
            "GuestFault", "GuestCrash", "HostCrash", "MODELS", "get_model", "cpuid", "msr",
-           "pebs", "workloads", "designs", "errors", "trace"]
+           "pebs", "workloads", "designs", "errors", "trace", "export"]
