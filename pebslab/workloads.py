@@ -21,12 +21,9 @@ from typing import Callable
 
 import numpy as np
 
-KIND_ALU = 0
-KIND_LOAD = 1
-KIND_STORE = 2
-KIND_BRANCH = 3
-KIND_DIV = 4
-KIND_NAMES = ("ALU", "LOAD", "STORE", "BRANCH", "DIV")
+# The instruction kinds are the core's (one definition, in pebslab.hw.models).
+from .hw.models import (KIND_ALU, KIND_BRANCH, KIND_DIV, KIND_LOAD,  # noqa: F401
+                        KIND_NAMES, KIND_STORE)
 
 CPL_KERNEL = 0
 CPL_USER = 3

@@ -23,7 +23,8 @@ import numpy as np
 
 from pebslab.hw.errors import GuestFault
 from pebslab.hw.mmu import (LEVEL_NAMES, PAGE_SIZE, PAGE_SHIFT, PTE_ADDR_MASK,
-                            PTE_P, PTE_PS, PTE_RW, PTE_US)
+                            PTE_P, PTE_PS, PTE_RW, PTE_US, is_canonical, leaf_gpa, pt_index,
+                            walk_tables)
 
 KERNEL_BASE = 0xFFFF_8880_0000_0000   # Linux's direct map (page_offset_base), 4-level paging
 USER_BASE = 0x0040_0000               # where x86-64 executables are traditionally loaded
@@ -31,8 +32,7 @@ USER_TOP = 0x0000_7FFF_FFFF_F000      # Linux TASK_SIZE_MAX with 4-level paging
 TABLE_FLAGS = PTE_P | PTE_RW | PTE_US  # every intermediate entry: the leaf decides
 
 _U64_MAX = (1 << 64) - 1
-_LOW_HALF_END = 1 << 47               # first non-canonical address
-_HIGH_HALF_START = _U64_MAX - (1 << 47) + 1
+_HIGH_HALF_START = _U64_MAX - (1 << 47) + 1   # first canonical address of the upper half
 
 
 class GuestPageFault(GuestFault):
@@ -77,14 +77,6 @@ def _check_bool(name, value):
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be True or False; got {value!r}")
     return bool(value)
-
-
-def _is_canonical(gva):
-    return gva < _LOW_HALF_END or gva >= _HIGH_HALF_START
-
-
-def _index(gva, level):
-    return (gva >> (3 + 9 * level)) & 0x1FF
 
 
 class GuestMM:
@@ -201,24 +193,15 @@ class GuestMM:
         self.phys.write(entry_gpa, int(value).to_bytes(8, "little"))
 
     def _lookup(self, gva):
-        """Walk the tables in software: (path, leaf_level).
+        """Walk the tables in software (pebslab.hw.mmu.walk_tables): (path, leaf_level).
 
         path is the list of (level, entry_gpa, entry) read, top first;
         leaf_level is the level of the present leaf, or 0 if the walk
         stopped at a not-present entry (the last one in path).
         """
-        path = []
-        table = self.cr3
-        for level in (4, 3, 2, 1):
-            entry_gpa = table + 8 * _index(gva, level)
-            entry = self._read_entry(entry_gpa)
-            path.append((level, entry_gpa, entry))
-            if not entry & PTE_P:
-                return path, 0
-            if level == 1 or (level <= 3 and entry & PTE_PS):
-                return path, level
-            table = entry & PTE_ADDR_MASK
-        raise AssertionError("unreachable")
+        path = list(walk_tables(self._read_entry, self.cr3, gva))
+        level, _, entry = path[-1]
+        return path, (level if entry & PTE_P else 0)
 
     def _leaf(self, gva, what):
         """The (entry_gpa, entry) of gva's present 4 KiB leaf, or ValueError."""
@@ -233,7 +216,7 @@ class GuestMM:
 
     def _check_gva(self, name, gva, aligned=True):
         gva = _check_int(name, gva, 0, _U64_MAX)
-        if not _is_canonical(gva):
+        if not is_canonical(gva):
             raise ValueError(f"{name} must be canonical (bits 63:47 all equal); "
                              f"got {gva:#x}")
         if aligned and gva % PAGE_SIZE:
@@ -249,7 +232,7 @@ class GuestMM:
     def _set_leaf(self, gva, gpa, writable, user):
         table = self.cr3
         for level in (4, 3, 2):
-            entry_gpa = table + 8 * _index(gva, level)
+            entry_gpa = table + 8 * pt_index(gva, level)
             entry = self._read_entry(entry_gpa)
             if not entry & PTE_P:
                 table = self._alloc_table()
@@ -259,7 +242,7 @@ class GuestMM:
                 raise ValueError(f"map: gva {gva:#x} lies in a large page of the "
                                  f"{LEVEL_NAMES[level]}; GuestMM maps 4 KiB pages only")
             table = entry & PTE_ADDR_MASK
-        entry_gpa = table + 8 * _index(gva, 1)
+        entry_gpa = table + 8 * pt_index(gva, 1)
         old = self._read_entry(entry_gpa)
         if old & PTE_P:
             raise ValueError(f"map: gva {gva:#x} is already mapped to gpa "
@@ -326,8 +309,7 @@ class GuestMM:
         path, leaf_level = self._lookup(gva)
         if leaf_level == 0:
             return None
-        size = 1 << (3 + 9 * leaf_level)
-        return (path[-1][2] & PTE_ADDR_MASK & ~(size - 1)) | (gva & (size - 1))
+        return leaf_gpa(leaf_level, path[-1][2], gva)
 
     def entries(self, gva):
         """List the entries the walk of gva reads: [(level name, entry gpa, entry)].
@@ -388,7 +370,7 @@ class GuestMM:
         leaves = []
         for i in range(n):
             va = gva + i * PAGE_SIZE
-            if not _is_canonical(va) or va > _U64_MAX:
+            if va > _U64_MAX or not is_canonical(va):
                 raise ValueError(f"free: gva + n pages leaves the canonical range at {va:#x}")
             entry_gpa, entry = self._leaf(va, "free")
             gpa = entry & PTE_ADDR_MASK
@@ -412,7 +394,7 @@ class GuestMM:
         pieces = []
         va, end = gva, gva + n
         while va < end:
-            if not _is_canonical(va):
+            if not is_canonical(va):
                 raise ValueError(f"access from gva {gva:#x} of {n} bytes leaves the "
                                  f"canonical range at {va:#x}")
             length = min(end, (va | (PAGE_SIZE - 1)) + 1) - va
@@ -423,9 +405,7 @@ class GuestMM:
                 for level, _, entry in path:
                     if not entry & PTE_RW:
                         raise GuestPageFault(va, level, write=True, protection=True)
-            size = 1 << (3 + 9 * leaf_level)
-            gpa = (path[-1][2] & PTE_ADDR_MASK & ~(size - 1)) | (va & (size - 1))
-            pieces.append((gpa, length))
+            pieces.append((leaf_gpa(leaf_level, path[-1][2], va), length))
             va += length
         return pieces
 

@@ -34,19 +34,7 @@ from __future__ import annotations
 
 import numpy as np
 
-try:  # numba is what makes the run loop fast; the model is correct without it.
-    from numba import njit
-except ImportError:  # pragma: no cover - exercised only where numba is missing
-    def njit(*args, **kwargs):
-        """Stand-in for numba.njit: return the function unchanged."""
-
-        def decorate(func):
-            func.py_func = func
-            return func
-
-        if len(args) == 1 and callable(args[0]) and not kwargs:
-            return decorate(args[0])
-        return decorate
+from .._jit import njit
 
 
 # --- pages and guest page-table entries (Intel SDM Vol. 3A, ch. 4.5) -------
@@ -78,8 +66,6 @@ XLATE_EPT = 2                      # EPT violation; the faulting GPA is in gpa
 XLATE_GP = 3                       # non-canonical GVA (#GP)
 PF_PROTECTION = 8                  # added to the level in info for a rights fault
 
-XLATE_NAMES = {XLATE_OK: "XLATE_OK", XLATE_PF: "XLATE_PF",
-               XLATE_EPT: "XLATE_EPT", XLATE_GP: "XLATE_GP"}
 LEVEL_NAMES = {4: "PML4", 3: "PDPT", 2: "PD", 1: "PT"}
 
 # --- the software TLB -----------------------------------------------------------
@@ -130,15 +116,25 @@ _SIG_TRANSLATE = (f"UniTuple(int64, 4)({_MEM}, {_EPT}, uint64, uint64, boolean, 
 # =============================================================================
 
 @njit(_SIG_IS_CANONICAL, cache=True)
-def is_canonical(gva):
+def canonical_u64(gva):
     """Tell whether a 64-bit address is canonical for 48-bit linear addresses.
 
     pebslab only (the check the CPU makes before any walk; Linux has the same
     test as __is_canonical_address() in arch/x86/include/asm/page.h).
-    Bits 63:47 must be all zeros or all ones.
+    Bits 63:47 must be all zeros or all ones. ``gva`` is a uint64; software
+    layers call :func:`is_canonical`, which takes any integer.
     """
     top = np.uint64(gva) >> _U47
     return top == _U0 or top == _UTOP17
+
+
+def is_canonical(addr) -> bool:
+    """True if the integer ``addr`` is a canonical 64-bit address (the rule: canonical_u64).
+
+    pebslab only. Any Python or numpy integer; one outside 0..2**64-1 is no
+    address at all, so not canonical.
+    """
+    return 0 <= addr <= _U64_MAX and bool(canonical_u64(np.uint64(addr)))
 
 
 @njit(_SIG_READ_U64, cache=True)
@@ -207,7 +203,7 @@ def _walk(mem, ept, cr3, gva, write, user):
     fault reports the highest level whose entry denies the access.
     """
     va = np.uint64(gva)
-    if not is_canonical(va):
+    if not canonical_u64(va):
         return XLATE_GP, np.int64(0), np.int64(0), np.int64(0), np.int64(0)
     table = np.uint64(cr3) & _UADDR
     rw_all = True
@@ -307,7 +303,7 @@ def translate(mem, ept, cr3, gva, write, user, tlb):
     still returns the old translation until software calls tlb_flush(tlb).
     """
     va = np.uint64(gva)
-    if not is_canonical(va):
+    if not canonical_u64(va):
         return XLATE_GP, np.int64(0), np.int64(0), np.int64(0)
     vpn = np.int64((va >> _U12) & _UVPN)
     slot = vpn % tlb.shape[0]          # TLB_ENTRIES for a tlb_new() TLB; never out of bounds
@@ -328,7 +324,7 @@ def translate(mem, ept, cr3, gva, write, user, tlb):
 
 # Under NUMBA_DISABLE_JIT=1 numba hands back the plain functions; give them the
 # .py_func the tests and the core's equivalence checks rely on.
-for _hot in (is_canonical, read_u64, write_u64, ept_translate, _walk, walk,
+for _hot in (canonical_u64, read_u64, write_u64, ept_translate, _walk, walk,
              tlb_flush, translate):
     if not hasattr(_hot, "py_func"):
         _hot.py_func = _hot
@@ -510,6 +506,14 @@ def write_guest(mem, ept, cr3, gva, data, tlb=None):
         pos += length
 
 
+def pt_index(gva, level):
+    """Index of ``gva``'s entry in its page table at ``level`` (4 PML4 .. 1 PT): 9 bits.
+
+    SDM Vol. 3A, 4.5: bits 47:39, 38:30, 29:21, 20:12 of the linear address.
+    """
+    return (gva >> (3 + 9 * level)) & 0x1FF
+
+
 def walk_tables(read_entry, cr3, gva):
     """Yield the guest page-table entries the CPU reads to translate ``gva``.
 
@@ -526,8 +530,7 @@ def walk_tables(read_entry, cr3, gva):
     """
     table = cr3 & PTE_ADDR_MASK
     for level in (4, 3, 2, 1):
-        shift = 3 + 9 * level
-        entry_gpa = table + 8 * ((gva >> shift) & 0x1FF)
+        entry_gpa = table + 8 * pt_index(gva, level)
         entry = read_entry(entry_gpa)
         yield level, entry_gpa, entry
         if entry is None or not entry & PTE_P:
@@ -577,27 +580,30 @@ def describe_walk(mem, ept, cr3, gva, write=False, user=False):
     gva = _check_int("gva", gva, 0, _U64_MAX)
     write = bool(write)
     user = bool(user)
-    if not is_canonical(np.uint64(gva)):
+    if not is_canonical(gva):
         return [{"level": "GVA", "gva": gva,
                  "fault": "#GP: non-canonical (bits 63:47 must all be equal)"}]
     rows = []
-    table = cr3 & PTE_ADDR_MASK
     prot_row = None
     gpa = size = None
-    for level in (4, 3, 2, 1):
-        shift = 3 + 9 * level
-        index = (gva >> shift) & 0x1FF
-        entry_gpa = table + 8 * index
-        row = {"level": LEVEL_NAMES[level], "index": index, "entry_gpa": entry_gpa,
-               "entry_hpa": None, "entry": None, "flags": None, "next": None}
-        rows.append(row)
+
+    def read_entry(entry_gpa):
         code, entry_hpa = ept_translate(ept, np.uint64(entry_gpa), False)
         if code != XLATE_OK or entry_hpa + 8 > mem.size:
+            return None
+        return int(read_u64(mem, entry_hpa))
+
+    for level, entry_gpa, entry in walk_tables(read_entry, cr3, gva):
+        row = {"level": LEVEL_NAMES[level], "index": (entry_gpa & (PAGE_SIZE - 1)) // 8,
+               "entry_gpa": entry_gpa, "entry_hpa": None, "entry": None, "flags": None,
+               "next": None}
+        rows.append(row)
+        if entry is None:
             row["fault"] = (f"EPT violation: the {LEVEL_NAMES[level]} page at GPA "
-                            f"{table:#x} is not mapped in EPT")
+                            f"{entry_gpa & ~(PAGE_SIZE - 1):#x} is not mapped in EPT")
             return rows
-        entry = int(read_u64(mem, entry_hpa))
-        row.update(entry_hpa=int(entry_hpa), entry=entry, flags=pte_flags(entry))
+        row.update(entry_hpa=int(ept_translate(ept, np.uint64(entry_gpa), False)[1]),
+                   entry=entry, flags=pte_flags(entry))
         if not entry & PTE_P:
             row["fault"] = "#PF: not present"
             return rows
@@ -607,11 +613,11 @@ def describe_walk(mem, ept, cr3, gva, write=False, user=False):
         if denied and prot_row is None:
             prot_row = (row, "#PF: protection: " + ", ".join(denied))
         if level == 1 or (level <= 3 and entry & PTE_PS):
-            size = 1 << shift
+            size = 1 << (3 + 9 * level)
             row["next"] = entry & PTE_ADDR_MASK & ~(size - 1)
-            gpa = row["next"] | (gva & (size - 1))
-            break
-        row["next"] = table = entry & PTE_ADDR_MASK
+            gpa = leaf_gpa(level, entry, gva)
+        else:
+            row["next"] = entry & PTE_ADDR_MASK
     if prot_row is not None:
         prot_row[0]["fault"] = prot_row[1]
         return rows

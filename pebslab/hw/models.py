@@ -10,8 +10,20 @@ notebook can say so.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from . import msr as M
+from .pebs import record_size
+
+# Instruction kinds of a workload trace (pebslab.workloads builds them, the
+# core decides from them which events an instruction signals). Calls,
+# returns, jumps and syscall/sysret are all branches.
+KIND_ALU = 0         # register arithmetic, 1 cycle in the model
+KIND_LOAD = 1        # a load: has a data address and a latency
+KIND_STORE = 2       # a store: has a data address
+KIND_BRANCH = 3      # any control transfer (updates the last-branch record)
+KIND_DIV = 4         # a long-latency ALU operation
+KIND_NAMES = ("ALU", "LOAD", "STORE", "BRANCH", "DIV")
 
 # Internal event ids: what the simulated core can count (one column of the
 # per-instruction activity). The event tables below map real encodings to these.
@@ -26,9 +38,6 @@ EV_BR_MISP = 7       # retired mispredicted branches
 EV_LLC_REF = 8       # last-level-cache references (loads that reached the LLC)
 EV_LLC_MISS = 9      # loads that missed the LLC
 N_EVENTS = 10
-
-EVENT_KIND_NAMES = ("none", "cycles", "instructions", "ref-cycles", "loads", "stores",
-                    "branches", "branch-misses", "llc-references", "llc-misses")
 
 
 @dataclass(frozen=True)
@@ -161,7 +170,7 @@ class CpuModel:
     @property
     def pebs_record_size(self) -> int:
         """Size in bytes of one legacy PEBS record (basic group for format 4)."""
-        return {0: 144, 1: 176, 2: 192, 3: 200, 4: 32}[self.pebs_format]
+        return record_size(self.pebs_format)
 
     @property
     def counter_mask(self) -> int:
@@ -190,6 +199,36 @@ class CpuModel:
             if ev.event | ev.umask << 8 == key:
                 return ev
         return None
+
+
+class CoreParams(NamedTuple):
+    """What the run loop reads of a CPU model: plain numbers numba takes as one argument.
+
+    pebslab only. Built once per :class:`pebslab.hw.core.Core` by
+    :func:`core_params`; the loop never sees the CpuModel itself.
+    """
+
+    n_gp: int              # GP counters (CPUID.0AH:EAX[15:8])
+    n_fixed: int           # fixed counters (CPUID.0AH:EDX[4:0])
+    width: int             # counter width in bits, GP and fixed alike
+    pebs_format: int       # PERF_CAPABILITIES.PEBS_FMT: record layout 0..4
+    pebs_gp_mask: int      # GP counters that can arm PEBS (bit i = PMC i)
+    pebs_fixed_mask: int   # fixed counters that can arm PEBS (bit i = FIXED_CTRi)
+    pebs_trap: bool        # PERF_CAPABILITIES.PEBS_TRAP: record IP is the next instruction's
+    pebs_ept: bool         # an EPT violation in the assist exits and retries (EPT-friendly PEBS)
+    skid_min: int          # an interrupt-based PMI arrives skid_min..skid_max
+    skid_max: int          # instructions after the overflowing one
+
+
+def core_params(model: "CpuModel") -> CoreParams:
+    """The run loop's view of ``model`` (see :class:`CoreParams`). pebslab only."""
+    model = get_model(model)
+    return CoreParams(
+        n_gp=model.n_gp, n_fixed=model.n_fixed, width=model.width,
+        pebs_format=model.pebs_format, pebs_gp_mask=model.pebs_counter_mask,
+        pebs_fixed_mask=model.pebs_fixed_mask,
+        pebs_trap=bool(model.perf_capabilities & M.PERF_CAP_PEBS_TRAP),
+        pebs_ept=model.pebs_ept, skid_min=model.skid_min, skid_max=model.skid_max)
 
 
 def _cap(lbr_fmt: int, fmt: int, *, trap=True, arch_reg=True, smm=False, fw=False,

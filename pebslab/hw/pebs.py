@@ -31,6 +31,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from .msr import (PEBS_DATACFG_GP, PEBS_DATACFG_LBR_SHIFT, PEBS_DATACFG_LBRS,
+                  PEBS_DATACFG_MEMINFO, PEBS_DATACFG_XMMS)
+
 __all__ = [
     "PAGE_SIZE",
     "MAX_PEBS_EVENTS_FMT4",
@@ -144,14 +147,6 @@ DS_RESET_SLOTS = 12
 #: Linux's counter index of fixed counter 0 (fixed counter i is index 32 + i).
 INTEL_PMC_IDX_FIXED = 32
 
-DS_OFF_PEBS_BUFFER_BASE = 0x20
-DS_OFF_PEBS_INDEX = 0x28
-DS_OFF_PEBS_ABS_MAX = 0x30
-DS_OFF_PEBS_THRESHOLD = 0x38
-DS_OFF_PEBS_RESET = 0x40
-#: Byte offset of fixed counter 0's reset slot (slot 8, format < 5).
-DS_OFF_FIXED_RESET = DS_OFF_PEBS_RESET + 8 * MAX_PEBS_EVENTS_FMT4
-
 _DS_SCALARS = (
     "bts_buffer_base",
     "bts_index",
@@ -165,8 +160,8 @@ _DS_SCALARS = (
 
 DS_AREA_DTYPE = _struct(
     [(n, _U64, 8 * i) for i, n in enumerate(_DS_SCALARS)]
-    + [("pebs_event_reset", (_U64, (DS_RESET_SLOTS,)), DS_OFF_PEBS_RESET)],
-    DS_OFF_PEBS_RESET + 8 * DS_RESET_SLOTS,
+    + [("pebs_event_reset", (_U64, (DS_RESET_SLOTS,)), 8 * len(_DS_SCALARS))],
+    8 * len(_DS_SCALARS) + 8 * DS_RESET_SLOTS,
 )
 """The DS save area that IA32_DS_AREA points to (64-bit DS format).
 
@@ -176,6 +171,16 @@ slots (12 slots, 160 bytes). The 2017 header had 8 slots; recent headers
 have 48 and put fixed counters at slot 32 + i for format >= 5, which this
 model does not cover.
 """
+
+# Byte offsets of the fields the PEBS assist and the driver use, read from
+# the dtype above (FACTS a.1: 0x20, 0x28, 0x30, 0x38, reset slots from 0x40).
+DS_OFF_PEBS_BUFFER_BASE = DS_AREA_DTYPE.fields["pebs_buffer_base"][1]
+DS_OFF_PEBS_INDEX = DS_AREA_DTYPE.fields["pebs_index"][1]
+DS_OFF_PEBS_ABS_MAX = DS_AREA_DTYPE.fields["pebs_absolute_maximum"][1]
+DS_OFF_PEBS_THRESHOLD = DS_AREA_DTYPE.fields["pebs_interrupt_threshold"][1]
+DS_OFF_PEBS_RESET = DS_AREA_DTYPE.fields["pebs_event_reset"][1]
+#: Byte offset of fixed counter 0's reset slot (slot 8, format < 5).
+DS_OFF_FIXED_RESET = DS_OFF_PEBS_RESET + 8 * MAX_PEBS_EVENTS_FMT4
 
 #: Bytes in the modelled DS area: 0x40 + 12 * 8 = 160.
 DS_SIZE = DS_AREA_DTYPE.itemsize
@@ -319,11 +324,6 @@ PEBS_RECORD_SKL_DTYPE = _u64_struct(PEBS_RECORD_HSW_DTYPE.names + ("tsc",))
 # a.3  adaptive records (format 4)
 # ---------------------------------------------------------------------------
 
-PEBS_DATACFG_MEMINFO = 1 << 0
-PEBS_DATACFG_GP = 1 << 1
-PEBS_DATACFG_XMMS = 1 << 2
-PEBS_DATACFG_LBRS = 1 << 3
-PEBS_DATACFG_LBR_SHIFT = 24
 #: DATA_CFG bits this model understands: the groups (3:0) and the LBR count
 #: (31:24). The same bits KVM lets a guest write (pebs_data_cfg_rsvd =
 #: ~0xff00000f in arch/x86/kvm/vmx/pmu_intel.c).

@@ -182,10 +182,10 @@ def page_walk(which="ds", offset=0, cpu="silvermont", design="patch", reclaim=0)
 
     # --- the GVA's bit fields --------------------------------------------------------
     fields = [("63:48", "sign ext.", (gva >> 48) & 0xFFFF, "#bbbbbb", "{:#06x}"),
-              ("47:39", "PML4", (gva >> 39) & 0x1FF, _LEVEL_COLORS["PML4"], "{}"),
-              ("38:30", "PDPT", (gva >> 30) & 0x1FF, _LEVEL_COLORS["PDPT"], "{}"),
-              ("29:21", "PD", (gva >> 21) & 0x1FF, _LEVEL_COLORS["PD"], "{}"),
-              ("20:12", "PT", (gva >> 12) & 0x1FF, _LEVEL_COLORS["PT"], "{}"),
+              ("47:39", "PML4", mmu.pt_index(gva, 4), _LEVEL_COLORS["PML4"], "{}"),
+              ("38:30", "PDPT", mmu.pt_index(gva, 3), _LEVEL_COLORS["PDPT"], "{}"),
+              ("29:21", "PD", mmu.pt_index(gva, 2), _LEVEL_COLORS["PD"], "{}"),
+              ("20:12", "PT", mmu.pt_index(gva, 1), _LEVEL_COLORS["PT"], "{}"),
               ("11:0", "offset", gva & 0xFFF, _LEVEL_COLORS["offset"], "{:#05x}")]
     widths = [1.6, 1.8, 1.8, 1.8, 1.8, 2.2]
     x = 1.0
