@@ -249,7 +249,7 @@ def profile_figure(design: str = "patch", cpu: str = "silvermont", event: str = 
     fig, ax = plt.subplots(figsize=(9, 4.6))
     _bars(ax, truth, runs, f"Where a guest's perf record -e {event_name(cpu, event)} puts its "
                            f"samples\n({design} design, {cpu} host, period {period}; simulated)")
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.19, right=0.97, top=0.86, bottom=0.12)   # cheaper than tight_layout
     return fig
 
 
@@ -274,7 +274,7 @@ def profile_explorer(modifier: str = ":pp", design: str = "patch", cpu: str = "s
         ax.text(50, len(truth) / 2, f"the guest's perf refuses the precise event:\n"
                 f"no PEBS for this guest ({why[:70]})",
                 ha="center", va="center", fontsize=9, color="#D55E00")
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.19, right=0.97, top=0.86, bottom=0.12)   # cheaper than tight_layout
     return fig
 
 

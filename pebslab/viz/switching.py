@@ -365,7 +365,8 @@ def switch_timeline(switch_global_ctrl: bool = True, switch_pebs_enable: bool = 
                        Patch(fc=_C_CARRY, hatch="//", label="on no list: carried over"),
                        Patch(fc="white", ec=_C_BAD, lw=3, label="hazard")],
               loc="lower center", bbox_to_anchor=(0.5, -0.2), ncol=4, fontsize=8, frameon=False)
-    fig.tight_layout()
+    # fixed margins: tight_layout would cost more than the whole simulated session
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.9, bottom=0.14)
     return fig
 
 
