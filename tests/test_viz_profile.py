@@ -69,6 +69,16 @@ def test_chain_is_in_causal_order_and_complete():
     assert steps[-2].label.endswith(f"{1 << 62:#x}")
 
 
+def test_chain_figure_has_a_lane_per_actor_and_an_arrow_per_step():
+    from pebslab.viz import story
+    fig = P.chain_figure()
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert set(story.LANES) <= set(texts)
+    assert sum(t.startswith(f"{k}. ") for t in texts for k in range(1, 12)) == \
+        len(P.chain_steps())
+    plt.close(fig)
+
+
 def test_every_design_on_two_cpus():
     rows = {(r["cpu"], r["design"]): r for r in P.design_matrix(instructions=300_000)}
     for d in ("patch", "review", "fixed"):
