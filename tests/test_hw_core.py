@@ -22,7 +22,7 @@ from pebslab.hw import core as C
 from pebslab.hw import msr as M
 from pebslab.hw import pebs
 from pebslab.hw.mmu import PAGE_SIZE, XLATE_EPT, XLATE_PF
-from pebslab.hw.models import EV_CYCLES, EV_INST, EV_LOADS, MODELS, get_model
+from pebslab.hw.models import EV_CYCLES, EV_INST, EV_LOADS, MODELS, SKID_MAX, get_model
 from pebslab import workloads as W
 
 NOJIT = os.environ.get("NUMBA_DISABLE_JIT", "0") == "1"
@@ -525,7 +525,8 @@ def test_counter_msrs_exist_only_up_to_the_model_counts():
     ("icelake", GLOBAL_CTRL, 1 << 8, False),
     ("silvermont", PEBS_ENABLE, 1, True),
     ("silvermont", PEBS_ENABLE, 1 << 1, False),      # PEBS only on PMC0 (FACTS a.7)
-    ("silvermont", PEBS_ENABLE, 1 << 32, True),      # LL_EN_PMC0 (FACTS b.5)
+    ("silvermont", PEBS_ENABLE, 1 << 32, False),     # no load latency on SLM (FACTS g.3)
+    ("haswell", PEBS_ENABLE, 1 << 32, True),         # LL_EN_PMC0 (FACTS b.5)
     ("skylake", PEBS_ENABLE, 0xF | 0xF << 32, True),
     ("skylake", PEBS_ENABLE, 1 << 63, False),
     ("icelake", PEBS_ENABLE, 0xFF | 0xF << 32, True),  # extended PEBS: fixed counters
@@ -795,6 +796,60 @@ def test_pebs_load_record_has_address_and_latency(cpu):
     assert int(rec["real_ip"]) == int(w.ip[evt])
     assert int(rec["dla"]) == int(w.addr[evt])
     assert int(rec["lat"]) == int(w.latency[evt])
+
+
+def test_silvermont_record_fields_0x98_to_0xa8_are_reserved_zeros():
+    # FACTS g.3 / SDM 18.6.1.1, Table 18-13: 192 bytes; 0x90 GLOBAL_STATUS;
+    # 0x98, 0xA0, 0xA8 Reserved (no data address, source, latency); 0xB0
+    # EventingRIP; 0xB8 Reserved; trap-like: the IP at 0x08 is the next one
+    r = Rig("silvermont")
+    r.setup_ds()
+    w = W.pointer_chase(n=64, seed=3)
+    load_ev = r.model.event("MEM_UOPS_RETIRED.ALL_LOADS")
+    P = 10
+    arm_pebs(r, P, event=load_ev.event | load_ev.umask << 8)
+    r.run(w, 40)
+    loads = np.flatnonzero(w.kind == W.KIND_LOAD)
+    evt = loads[P - 1]
+    assert int(w.addr[evt]) != 0 and int(w.latency[evt]) != 0   # there was something to leak
+    raw = r.mm.read(r.buf, 192)
+    assert raw[0x98:0xB0] == bytes(0x18)
+    assert raw[0xB8:0xC0] == bytes(8)
+    assert int.from_bytes(raw[0xB0:0xB8], "little") == int(w.ip[evt])
+    assert int.from_bytes(raw[0x08:0x10], "little") == int(w.ip[(evt + 1) % len(w)])
+    assert int.from_bytes(raw[0x90:0x98], "little") & 1          # PMC0's overflow bit
+
+
+def test_silvermont_has_no_load_latency_bits():
+    # FACTS g.3: no load-latency facility on Silvermont, so LL_EN_PMC0 (PEBS_ENABLE
+    # bit 32, FACTS b.5) is reserved there; Haswell has it
+    sl, hw = Rig("silvermont"), Rig("haswell")
+    with pytest.raises(GuestFault):
+        sl.wr(PEBS_ENABLE, 1 << 32)
+    hw.wr(PEBS_ENABLE, 1 << 32 | 1)
+    assert hw.rd(PEBS_ENABLE) == 1 << 32 | 1
+
+
+@pytest.mark.parametrize("value", [0b11, 1 << 32 | 0b11, 0xF0000000F])
+def test_silvermont_ignores_pebs_enable_bits_it_lacks(value):
+    # The 2014 patch lets a Silvermont guest set any of 0xf0000000f (FACTS g.3);
+    # VM entry loads the value into the register. ASSUMPTION (counting.py,
+    # PEBS_ENABLE_IGNORES_OTHER_BITS): only PMC0's bit (SDM 18.6.1.1) arms PEBS.
+    r = Rig("silvermont")
+    r.setup_ds()
+    arm_pebs(r, 25)                                    # PMC0: INST_RETIRED, PEBS
+    r.wr(EVTSEL0 + 1, evtsel(INST_RETIRED, USR, OS, INT))
+    r.wr(PERFCTR0 + 1, (-40) & 0xFFFFFFFF)
+    r.wr(GLOBAL_CTRL, 0b11)
+    r.core.regs[C.R_PEBS_ENABLE] = np.uint64(value)    # as the MSR-load list does
+    assert r.run(MF, 60) == C.EXIT_PMI                  # PMC1 overflowed at 40: a PMI, no PEBS
+    assert 40 < r.retired <= 40 + SKID_MAX
+    log = r.core.take_log()
+    writes = log[log[:, 0] == C.LOG_PEBS_WRITE]
+    assert writes[:, 5].tolist() == [1]                 # one record, for PMC0 (at 25) alone
+    assert r.records().shape == (1,)
+    assert log[log[:, 0] == C.LOG_PMI][:, 5].tolist() == [0b10]   # the PMI is PMC1's
+    assert r.status & 0b10
 
 
 def test_non_trap_pebs_records_the_eventing_ip():

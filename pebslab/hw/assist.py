@@ -196,7 +196,8 @@ def legacy_record(rec, regs, params, pending, evt, nxt, w_ip, w_kind, w_addr, w_
     architectural state after the instruction (trap-like PEBS: IP of the
     next instruction; else the eventing IP), then per format the
     applicable-counters / GLOBAL_STATUS word, data address, data source and
-    latency (loads), the eventing IP and the TSC.
+    latency (loads; Reserved, so zeros, on Silvermont: SDM Table 18-13), the
+    eventing IP and the TSC.
     """
     fmt = params.pebs_format
     n = LEG_WORDS[fmt]
@@ -214,6 +215,7 @@ def legacy_record(rec, regs, params, pending, evt, nxt, w_ip, w_kind, w_addr, w_
     if fmt >= 1:
         # format 3 reports the applicable counters, older ones GLOBAL_STATUS
         rec[LEG_STATUS] = pending if fmt >= 3 else regs[R_GLOBAL_STATUS]
+    if fmt >= 1 and params.pebs_mem_info:     # Silvermont: 0x98-0xA8 Reserved, zeros
         if is_load or kind == KIND_STORE:
             rec[LEG_DLA] = w_addr[evt]
         if is_load:

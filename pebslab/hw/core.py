@@ -440,9 +440,13 @@ class Core:
                 v |= M.GLOBAL_STATUS_BUFFER_OVF | M.GLOBAL_STATUS_COND_CHG
             return v
         if kind == "pebs_enable":
+            # PEBS_EN bits of the counters with PEBS; LL_EN bits with load latency
+            # (not Silvermont); extended PEBS puts the fixed counters at bit 32 + i.
+            # Any other bit is reserved: see PEBS_ENABLE_OTHER_BITS.
             if m.adaptive:
                 return m.pebs_counter_mask | m.pebs_fixed_mask << 32
-            return m.pebs_counter_mask | m.pebs_counter_mask << M.PEBS_LL_EN_SHIFT
+            ll = m.pebs_counter_mask << M.PEBS_LL_EN_SHIFT if m.load_latency else 0
+            return m.pebs_counter_mask | ll
         if kind == "data_cfg":
             return M.KVM_PEBS_DATA_CFG_VALID
         return (1 << 64) - 1
