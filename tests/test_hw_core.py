@@ -36,6 +36,7 @@ PERFCTR0, A_PMC0, EVTSEL0 = 0xC1, 0x4C1, 0x186
 FIXED_CTR0, FIXED_CTR_CTRL = 0x309, 0x38D
 GLOBAL_STATUS, GLOBAL_CTRL, GLOBAL_OVF_CTRL = 0x38E, 0x38F, 0x390
 PERF_CAPABILITIES, PEBS_ENABLE, PEBS_DATA_CFG, DS_AREA = 0x345, 0x3F1, 0x3F2, 0x600
+DEBUGCTL, DEBUGCTL_LBR = 0x1D9, 1 << 0          # IA32_DEBUGCTL and its LBR bit (SDM 17.4.1)
 
 # IA32_PERFEVTSELx bits (FACTS b.2)
 USR, OS, EDGE, INT, EN, INV = 1 << 16, 1 << 17, 1 << 18, 1 << 20, 1 << 22, 1 << 23
@@ -941,6 +942,7 @@ def test_adaptive_record_groups_follow_data_cfg(cfg):
             + 24 * (((cfg >> 24) & 0xFF) + 1) * bool(cfg & LBRS))   # FACTS a.3 size rule
     r.setup_ds(buf_pages=4)
     r.wr(PEBS_DATA_CFG, cfg)
+    r.wr(DEBUGCTL, DEBUGCTL_LBR)                # LBRs on: the LBR group holds the last branch
     P = 41
     arm_pebs(r, P, adaptive=True)
     r.run(MF, 2 * P)
@@ -963,6 +965,50 @@ def test_adaptive_record_groups_follow_data_cfg(cfg):
         last = branches[-1]
         assert int(rec["lbr"][0]["from"]) == int(MF.ip[last])
         assert int(rec["lbr"][0]["to"]) == int(MF.ip[last + 1])
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_lbr_group_is_zeros_while_debugctl_lbr_is_clear(fast):
+    # issue 9 item 4: nothing enabled LBRs, so no branch may reach the record;
+    # set DEBUGCTL.LBR and entry 0 is the last branch (FACTS a.3 LBR group)
+    r = Rig("icelake")
+    r.core.fast_forward = fast
+    r.setup_ds(buf_pages=4)
+    cfg = LBRS | 3 << 24                        # four LBR entries
+    r.wr(PEBS_DATA_CFG, cfg)
+    P = 41
+    arm_pebs(r, P, adaptive=True)
+    assert r.rd(DEBUGCTL) == 0                  # reset value
+    r.run(MF, P)
+    r.wr(DEBUGCTL, DEBUGCTL_LBR)
+    r.run(MF, P)
+    recs = pebs.decode(r.mm.read(r.buf, r.read_ds().pebs_index - r.buf), 4, data_cfg=cfg)
+    assert len(recs) == 2
+    off = recs[0]["lbr"]
+    assert all(int(off[k][f]) == 0 for k in range(4) for f in ("from", "to", "info"))
+    on = recs[1]["lbr"]
+    last = np.flatnonzero(MF.kind[:2 * P] == W.KIND_BRANCH)
+    last = last[last >= P][-1]                  # the last branch since LBRs went on
+    assert (int(on[0]["from"]), int(on[0]["to"])) == (int(MF.ip[last]), int(MF.ip[last + 1]))
+    assert all(int(on[k][f]) == 0 for k in (1, 2, 3) for f in ("from", "to", "info"))
+
+
+@pytest.mark.parametrize("cpu, value, ok", [
+    ("silvermont", DEBUGCTL_LBR, True),
+    ("silvermont", 1 << 2 | DEBUGCTL_LBR, False),   # bits 5:2 reserved (SDM Figure 17-3)
+    ("silvermont", 1 << 14, False),                 # FREEZE_WHILE_SMM needs PERF_CAPABILITIES bit 12
+    ("skylake", 1 << 14 | 1 << 11 | DEBUGCTL_LBR, True),
+    ("icelake", 1 << 63, False),
+])
+def test_debugctl_is_a_register(cpu, value, ok):
+    r = Rig(cpu)
+    if ok:
+        r.wr(DEBUGCTL, value)
+        assert r.rd(DEBUGCTL) == value
+    else:
+        with pytest.raises(GuestFault):
+            r.wr(DEBUGCTL, value)
+        assert r.rd(DEBUGCTL) == 0
 
 
 def test_adaptive_bit_clear_gives_basic_record_even_with_data_cfg():
@@ -1001,6 +1047,41 @@ def test_one_record_for_counters_overflowing_together():
     assert len(raw) == 32
     rec = pebs.decode(raw, 4)[0]
     assert int(rec["basic"]["applicable_counters"]) == 1 | 1 << 3 | 1 << 32
+
+
+@pytest.mark.parametrize("adaptive_counters, want_groups", [
+    ((), 0),                         # nobody asked: basic record, group field 0
+    ((0,), MEMINFO | GPRS),          # one of the producers asked: DATA_CFG
+    ((3,), MEMINFO | GPRS),
+    ((32,), MEMINFO | GPRS),         # fixed counter 0: FIXED_CTR_CTRL bit 32
+    ((0, 3, 32), MEMINFO | GPRS),
+])
+def test_record_is_adaptive_when_a_producing_counter_asks(adaptive_counters, want_groups):
+    # FACTS a.3: the low bits of word 0 are "0 if none of the counters that produced
+    # it had their Adaptive_Record bit set, otherwise the value of MSR_PEBS_DATA_CFG"
+    # (EVENTSEL bit 34; FIXED_CTR_CTRL bit 32 + 4i); the size follows the groups
+    r = Rig("icelake")
+    r.setup_ds()
+    r.wr(PEBS_DATA_CFG, MEMINFO | GPRS)
+    for c in (0, 3, 32):
+        arm_pebs(r, 20, counter=c, adaptive=c in adaptive_counters)
+    r.run(MF, 20)
+    raw = r.mm.read(r.buf, r.read_ds().pebs_index - r.buf)
+    size = 32 + (32 + 144 if want_groups else 0)
+    assert pebs.walk_adaptive(raw) == [(0, want_groups, size)]
+    assert int.from_bytes(raw[16:24], "little") == 1 | 1 << 3 | 1 << 32
+
+
+def test_a_non_adaptive_counter_alone_writes_a_basic_record_next_to_an_adaptive_one():
+    # per counter, not per core: GP0 asks, GP1 does not; they overflow apart
+    r = Rig("icelake")
+    r.setup_ds()
+    r.wr(PEBS_DATA_CFG, GPRS)
+    arm_pebs(r, 20, counter=0, adaptive=True)
+    arm_pebs(r, 30, counter=1, adaptive=False)
+    r.run(MF, 30)
+    raw = r.mm.read(r.buf, r.read_ds().pebs_index - r.buf)
+    assert pebs.walk_adaptive(raw) == [(0, GPRS, 32 + 144), (32 + 144, 0, 32)]
 
 
 # ---- faults during the assist ------------------------------------------------------
@@ -1149,6 +1230,7 @@ def drive(cpu, seed, p0, p1, p2, jit, n=3000, hole=False):
     r.setup_ds(buf_pages=2, thresh_records=None if hole else 4)
     if m.adaptive:
         r.wr(PEBS_DATA_CFG, MEMINFO | GPRS | LBRS | 3 << 24)
+    r.wr(DEBUGCTL, DEBUGCTL_LBR)
     arm_pebs(r, p0, counter=0, adaptive=m.adaptive)
     r.wr(EVTSEL0 + 1, evtsel(CYCLES, USR, OS, INT))
     r.wr(PERFCTR0 + 1, (-p1) & 0xFFFFFFFF)
@@ -1288,7 +1370,7 @@ def sessions(draw):
                 runs=draw(st.lists(st.integers(0, 2500), min_size=1, max_size=6)),
                 timer=draw(st.sampled_from([0, 0, 97, 1500])),
                 thresh=draw(st.sampled_from([1, 3, None])),
-                hole=draw(st.booleans()))
+                hole=draw(st.booleans()), lbr=draw(st.booleans()))
 
 
 def play(cfg, fast, jit=True):
@@ -1297,7 +1379,9 @@ def play(cfg, fast, jit=True):
     m = r.model
     r.setup_ds(buf_pages=2, thresh_records=cfg["thresh"])
     if m.adaptive:
-        r.wr(PEBS_DATA_CFG, GPRS | MEMINFO)
+        r.wr(PEBS_DATA_CFG, GPRS | MEMINFO | LBRS)
+    if cfg.get("lbr"):
+        r.wr(DEBUGCTL, DEBUGCTL_LBR)
     ctrl, fctrl, pebs_en = 0, 0, 0
     reset = [0] * pebs.DS_RESET_SLOTS
     for j, sel, use_pebs, period in cfg["gp"]:

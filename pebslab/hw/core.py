@@ -68,6 +68,7 @@ from .regfile import (EXIT_BUDGET, EXIT_LOG_FULL, EXIT_PMI, EXIT_TIMER, LOG_CAPA
                       R_NLOG, R_PEBS_DATA_CFG, R_PEBS_ENABLE, R_PEBS_PENDING, R_PMC0,
                       R_PMI_CAUSE, R_PMI_COUNT, R_PRNG, R_RETIRED, R_RIP, R_SKID,
                       R_TIMER_DEADLINE, R_TSC, R_DS_AREA, U64, as_i64, bit, log_row)
+from .regfile import R_DEBUGCTL
 
 
 # =============================================================================
@@ -114,11 +115,12 @@ def fast_forward_span(regs, i, kmax, gp, ng, fx, nf, pre, cmask_w, deadline):
 
 
 @njit(cache=True, inline="always")
-def retire_stretch(regs, i, k, gp, ng, fx, nf, pre, lbr_last, w_ip, w_cpl):
+def retire_stretch(regs, i, k, gp, ng, fx, nf, pre, lbr_last, lbr_on, w_ip, w_cpl):
     """Retire instructions i .. i+k-1 at once, as stepping through them would.
 
     The caller made sure nothing happens in the stretch (fast_forward_span).
-    Returns the index of the next instruction.
+    ``lbr_on``: DEBUGCTL.LBR, the last branch is recorded. Returns the
+    index of the next instruction.
     """
     L = w_ip.shape[0]
     e = i + k
@@ -127,7 +129,7 @@ def retire_stretch(regs, i, k, gp, ng, fx, nf, pre, lbr_last, w_ip, w_cpl):
     regs[R_RETIRED] += U64(k)
     regs[R_CPL] = U64(w_cpl[e - 1])
     q = lbr_last[e - 1]
-    if q >= i:
+    if lbr_on and q >= i:
         regs[R_LBR_FROM] = w_ip[q]
         regs[R_LBR_TO] = w_ip[q + 1 if q + 1 < L else 0]
     for n in range(ng):
@@ -227,6 +229,8 @@ def core_run(regs, params, evmap, w_ip, w_kind, w_cpl, w_addr, w_lat, w_cycles, 
     cmask_w = (U64(1) << U64(params.width)) - U64(1)
     ng = decode_gp_controls(regs, params, evmap, gp)
     nf = decode_fixed_controls(regs, params, fx)
+    # the LBR stack records branches only while DEBUGCTL.LBR is set (SDM 17.4.1)
+    lbr_on = (regs[R_DEBUGCTL] & U64(M.DEBUGCTLMSR_LBR)) != U64(0)
     ff = fast_forward
     for k in range(ng):
         if gp[C_CMASK, k] != 0:
@@ -258,7 +262,8 @@ def core_run(regs, params, evmap, w_ip, w_kind, w_cpl, w_addr, w_lat, w_cycles, 
             k = fast_forward_span(regs, i, min(budget - done, L - i), gp, ng, fx, nf, pre,
                                   cmask_w, deadline)
             if k >= ff_min:
-                i = retire_stretch(regs, i, k, gp, ng, fx, nf, pre, lbr_last, w_ip, w_cpl)
+                i = retire_stretch(regs, i, k, gp, ng, fx, nf, pre, lbr_last, lbr_on, w_ip,
+                                   w_cpl)
                 regs[R_RIP] = U64(i)
                 tsc = regs[R_TSC]
                 retired = regs[R_RETIRED]
@@ -275,7 +280,7 @@ def core_run(regs, params, evmap, w_ip, w_kind, w_cpl, w_addr, w_lat, w_cycles, 
         regs[R_RETIRED] = retired
         regs[R_CPL] = U64(cpl)
         nxt = i + 1 if i + 1 < L else 0
-        if kind == KIND_BRANCH or nxt == 0:   # the last instruction jumps back to the first
+        if lbr_on and (kind == KIND_BRANCH or nxt == 0):  # the last one jumps to the first
             regs[R_LBR_FROM] = w_ip[i]
             regs[R_LBR_TO] = w_ip[nxt]
         count_one(regs, params, log, i, kind, cyc, RING_OS if cpl == 0 else RING_USR, gp, ng,
@@ -409,6 +414,8 @@ class Core:
         }
         if index == M.MSR_PEBS_DATA_CFG and m.pebs_format >= 4:
             return R_PEBS_DATA_CFG, "data_cfg"
+        if index == M.MSR_IA32_DEBUGCTLMSR:
+            return R_DEBUGCTL, "debugctl"
         return table.get(index, (-1, ""))
 
     def valid_bits(self, kind: str, idx: int | None = None) -> int:
@@ -449,6 +456,16 @@ class Core:
             return m.pebs_counter_mask | ll
         if kind == "data_cfg":
             return M.KVM_PEBS_DATA_CFG_VALID
+        if kind == "debugctl":
+            # ASSUMPTION: the architectural bits of Figure 17-3 (FREEZE_IN_SMM only
+            # with PERF_CAPABILITIES.FREEZE_WHILE_SMM) are writable, the rest #GP.
+            # The model acts on LBR alone (the other bits are stored, not modelled).
+            v = (M.DEBUGCTLMSR_LBR | M.DEBUGCTLMSR_BTF | M.DEBUGCTLMSR_TR | M.DEBUGCTLMSR_BTS
+                 | M.DEBUGCTLMSR_BTINT | M.DEBUGCTLMSR_BTS_OFF_OS | M.DEBUGCTLMSR_BTS_OFF_USR
+                 | M.DEBUGCTLMSR_FREEZE_LBRS_ON_PMI | M.DEBUGCTLMSR_FREEZE_PERFMON_ON_PMI)
+            if m.perf_capabilities & M.PERF_CAP_FREEZE_WHILE_SMM:
+                v |= M.DEBUGCTLMSR_FREEZE_IN_SMM
+            return v
         return (1 << 64) - 1
 
     def rdmsr(self, index: int) -> int:
