@@ -556,6 +556,30 @@ def test_reserved_bits_gp(cpu, msr, value, ok):
         assert e.value.vector == "#GP" and e.value.msr == msr and e.value.value == value
 
 
+@pytest.mark.parametrize("cpu, msr, value, faults", [
+    ("silvermont", DS_AREA, 0x0000_8000_0000_0000, True),      # non-canonical (FACTS g.4)
+    ("silvermont", DS_AREA, 0xFFFF_8880_0000_1000, False),
+    ("silvermont", PEBS_ENABLE, 0xF0000000F, True),           # what the patch accepts (g.3)
+    ("silvermont", PEBS_ENABLE, 1, False),
+    ("skylake", PEBS_ENABLE, 0xF0000000F, False),
+    ("skylake", GLOBAL_STATUS, 0, True),                      # read-only
+])
+def test_wrmsr_fault_is_the_check_without_the_write(cpu, msr, value, faults):
+    # SDM 26.4 (FACTS g.4): a VM-entry MSR-load entry fails where WRMSR would #GP;
+    # wrmsr_fault answers that question and changes nothing
+    r = Rig(cpu)
+    before = r.core.regs.copy()
+    why = r.core.wrmsr_fault(msr, value)
+    assert (why is not None) == faults
+    np.testing.assert_array_equal(r.core.regs, before)
+    if faults:
+        with pytest.raises(GuestFault, match=why.split()[0]):
+            r.wr(msr, value)
+    else:
+        r.wr(msr, value)
+        assert r.rd(msr) == value
+
+
 def test_perf_capabilities_and_global_status_are_read_only():
     r = Rig("icelake")
     assert r.rd(PERF_CAPABILITIES) == r.model.perf_capabilities

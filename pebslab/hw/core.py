@@ -480,43 +480,51 @@ class Core:
             raise GuestFault("#GP", msr=index, reason="no such MSR on " + self.model.name)
         return int(self.regs[slot])
 
-    def wrmsr(self, index: int, value: int) -> None:
-        """Write a PMU MSR with the hardware's rules; reserved bits raise #GP."""
+    def wrmsr_fault(self, index: int, value: int) -> str | None:
+        """Why WRMSR(index, value) at CPL 0 would #GP on this core, or None if it would not.
+
+        pebslab only. Also the check VM entry makes for each entry of the
+        VM-entry MSR-load list: the entry fails where the same WRMSR would
+        #GP (SDM Vol. 3C, 26.4; FACTS g.4). Nothing is written.
+        """
         _check_msr_index(index)
         if not isinstance(value, int) or isinstance(value, bool):
             raise TypeError(f"value must be an int; got {type(value).__name__}")
         if not 0 <= value <= MASK64:
             raise ValueError(f"value must be in 0..2**64-1; got {value}")
         slot, kind = self._slot(index)
-        if kind in ("perf_cap", "global_status") or (slot < 0 and kind != "ovf_ctrl"):
-            raise GuestFault("#GP", msr=index, value=value,
-                             reason="read-only" if kind else "no such MSR on " + self.model.name)
+        if kind in ("perf_cap", "global_status"):
+            return "read-only"
+        if slot < 0 and kind != "ovf_ctrl":
+            return "no such MSR on " + self.model.name
+        if kind == "pmc_legacy":
+            return None                       # bits 63:32 are ignored, never reserved
+        if kind in ("pmc_full", "fixed"):
+            if value & ~self.width_mask:
+                return f"bits above the {self.model.width}-bit counter width"
+            return None
+        if kind == "ds_area":
+            return None if is_canonical(value) else "non-canonical address"
+        idx = index - M.MSR_P6_EVNTSEL0 if kind == "evtsel" else None
+        bad = value & ~self.valid_bits(kind, idx)
+        return f"reserved bits {bad:#x}" if bad else None
+
+    def wrmsr(self, index: int, value: int) -> None:
+        """Write a PMU MSR with the hardware's rules; reserved bits raise #GP (see wrmsr_fault)."""
+        why = self.wrmsr_fault(index, value)
+        if why is not None:
+            raise GuestFault("#GP", msr=index, value=value, reason=why)
+        slot, kind = self._slot(index)
         if kind == "pmc_legacy":
             # legacy alias: bits 31:0 written, sign-extended to the counter width
             low = value & 0xFFFFFFFF
             if low & 0x80000000:
                 low |= ~0xFFFFFFFF
             self.regs[slot] = np.uint64(low & self.width_mask)
-            return
-        if kind in ("pmc_full", "fixed"):
-            if value & ~self.width_mask:
-                raise GuestFault("#GP", msr=index, value=value,
-                                 reason=f"bits above the {self.model.width}-bit counter width")
-            self.regs[slot] = np.uint64(value)
-            return
-        if kind == "ds_area":
-            if not is_canonical(value):
-                raise GuestFault("#GP", msr=index, value=value, reason="non-canonical address")
-            self.regs[slot] = np.uint64(value)
-            return
-        idx = index - M.MSR_P6_EVNTSEL0 if kind == "evtsel" else None
-        bad = value & ~self.valid_bits(kind, idx)
-        if bad:
-            raise GuestFault("#GP", msr=index, value=value, reason=f"reserved bits {bad:#x}")
-        if kind == "ovf_ctrl":
+        elif kind == "ovf_ctrl":
             self.regs[R_GLOBAL_STATUS] = np.uint64(int(self.regs[R_GLOBAL_STATUS]) & ~value)
-            return
-        self.regs[slot] = np.uint64(value)
+        else:
+            self.regs[slot] = np.uint64(value)
 
     # --- running --------------------------------------------------------------
     def run(self, workload, budget: int, mem: np.ndarray, ept: np.ndarray,
