@@ -1022,7 +1022,9 @@ def test_lbr_group_is_zeros_while_debugctl_lbr_is_clear(fast):
     ("silvermont", 1 << 2 | DEBUGCTL_LBR, False),   # bits 5:2 reserved (SDM Figure 17-3)
     ("silvermont", 1 << 14, False),                 # FREEZE_WHILE_SMM needs PERF_CAPABILITIES bit 12
     ("skylake", 1 << 14 | 1 << 11 | DEBUGCTL_LBR, True),
-    ("icelake", 1 << 63, False),
+    ("icelake", 1 << 63, False),                    # 63:16 reserved
+    ("haswell", 1 << 15, True),                     # RTM_DEBUG on a TSX part
+    ("silvermont", 1 << 15, False),
 ])
 def test_debugctl_is_a_register(cpu, value, ok):
     r = Rig(cpu)

@@ -457,14 +457,17 @@ class Core:
         if kind == "data_cfg":
             return M.KVM_PEBS_DATA_CFG_VALID
         if kind == "debugctl":
-            # ASSUMPTION: the architectural bits of Figure 17-3 (FREEZE_IN_SMM only
-            # with PERF_CAPABILITIES.FREEZE_WHILE_SMM) are writable, the rest #GP.
+            # ASSUMPTION: the bits of SDM Figure 17-3 (FREEZE_IN_SMM only with
+            # PERF_CAPABILITIES.FREEZE_WHILE_SMM, RTM_DEBUG only with TSX) are
+            # writable, the rest (5:2, 13, 63:16) #GP.
             # The model acts on LBR alone (the other bits are stored, not modelled).
             v = (M.DEBUGCTLMSR_LBR | M.DEBUGCTLMSR_BTF | M.DEBUGCTLMSR_TR | M.DEBUGCTLMSR_BTS
                  | M.DEBUGCTLMSR_BTINT | M.DEBUGCTLMSR_BTS_OFF_OS | M.DEBUGCTLMSR_BTS_OFF_USR
                  | M.DEBUGCTLMSR_FREEZE_LBRS_ON_PMI | M.DEBUGCTLMSR_FREEZE_PERFMON_ON_PMI)
             if m.perf_capabilities & M.PERF_CAP_FREEZE_WHILE_SMM:
                 v |= M.DEBUGCTLMSR_FREEZE_IN_SMM
+            if m.has_tsx:
+                v |= M.DEBUGCTLMSR_RTM_DEBUG
             return v
         return (1 << 64) - 1
 

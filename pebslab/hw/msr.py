@@ -129,6 +129,7 @@ DEBUGCTLMSR_BTS_OFF_USR = 1 << 10
 DEBUGCTLMSR_FREEZE_LBRS_ON_PMI = 1 << 11
 DEBUGCTLMSR_FREEZE_PERFMON_ON_PMI = 1 << 12
 DEBUGCTLMSR_FREEZE_IN_SMM = 1 << 14   # needs PERF_CAPABILITIES.FREEZE_WHILE_SMM
+DEBUGCTLMSR_RTM_DEBUG = 1 << 15    # advanced debugging of RTM regions (TSX parts)
 
 # --- IA32_MISC_ENABLE ---------------------------------------------------------
 MSR_IA32_MISC_ENABLE_EMON = 1 << 7
