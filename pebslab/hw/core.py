@@ -236,7 +236,10 @@ def core_run(regs, params, evmap, w_ip, w_kind, w_cpl, w_addr, w_lat, w_cycles, 
         if gp[C_CMASK, k] != 0:
             ff = False          # CMASK/EDGE counters have per-cycle state: step them
     ff_min = 2 if ff else budget + 1    # shortest stretch worth fast-forwarding
+    zero = U64(0)                       # the constants of the per-instruction path, made once
+    one = U64(1)
     deadline = regs[R_TIMER_DEADLINE]
+    timer = deadline != zero
     log_limit = log.shape[0] - LOG_SLACK
     regs[R_EXIT_GVA] = U64(0)
     regs[R_EXIT_GPA] = U64(0)
@@ -258,7 +261,7 @@ def core_run(regs, params, evmap, w_ip, w_kind, w_cpl, w_addr, w_lat, w_cycles, 
         if np.int64(regs[R_NLOG]) > log_limit:
             regs[R_EXIT_REASON] = U64(EXIT_LOG_FULL)
             return EXIT_LOG_FULL
-        if budget - done >= ff_min and regs[R_PEBS_PENDING] == U64(0):
+        if budget - done >= ff_min and regs[R_PEBS_PENDING] == zero:
             k = fast_forward_span(regs, i, min(budget - done, L - i), gp, ng, fx, nf, pre,
                                   cmask_w, deadline)
             if k >= ff_min:
@@ -275,7 +278,7 @@ def core_run(regs, params, evmap, w_ip, w_kind, w_cpl, w_addr, w_lat, w_cycles, 
         cyc = np.int64(w_cycles[i])
         cpl = np.int64(w_cpl[i])
         tsc += U64(cyc)
-        retired += U64(1)
+        retired += one
         regs[R_TSC] = tsc
         regs[R_RETIRED] = retired
         regs[R_CPL] = U64(cpl)
@@ -286,18 +289,18 @@ def core_run(regs, params, evmap, w_ip, w_kind, w_cpl, w_addr, w_lat, w_cycles, 
         count_one(regs, params, log, i, kind, cyc, RING_OS if cpl == 0 else RING_USR, gp, ng,
                   fx, nf, cmask_w, w_ip, w_lat, w_llc, w_misp)
         regs[R_RIP] = U64(nxt)
-        if regs[R_PEBS_PENDING] != U64(0):      # trap-like: after the instruction retired
+        if regs[R_PEBS_PENDING] != zero:        # trap-like: after the instruction retired
             r = assist_exit(regs, params, mem, ept, tlb, log, rec, w_ip, w_kind, w_addr,
                             w_lat, w_llc, nxt)
             if r >= 0:
                 return r
-        if regs[R_SKID] != U64(0):
-            regs[R_SKID] -= U64(1)
-            if regs[R_SKID] == U64(0):
+        if regs[R_SKID] != zero:
+            regs[R_SKID] -= one
+            if regs[R_SKID] == zero:
                 deliver_pmi(regs, log, nxt, w_ip)
                 regs[R_EXIT_REASON] = U64(EXIT_PMI)
                 return EXIT_PMI
-        if deadline != U64(0) and tsc >= deadline:
+        if timer and tsc >= deadline:
             regs[R_EXIT_REASON] = U64(EXIT_TIMER)
             return EXIT_TIMER
         i = nxt
