@@ -22,7 +22,7 @@ from pebslab.hw import core as C
 from pebslab.hw import msr as M
 from pebslab.hw import pebs
 from pebslab.hw.mmu import PAGE_SIZE, XLATE_EPT, XLATE_PF
-from pebslab.hw.models import EV_CYCLES, EV_INST, EV_LOADS, MODELS, get_model
+from pebslab.hw.models import EV_CYCLES, EV_INST, EV_LOADS, MODELS, SKID_MAX, get_model
 from pebslab import workloads as W
 
 NOJIT = os.environ.get("NUMBA_DISABLE_JIT", "0") == "1"
@@ -36,6 +36,7 @@ PERFCTR0, A_PMC0, EVTSEL0 = 0xC1, 0x4C1, 0x186
 FIXED_CTR0, FIXED_CTR_CTRL = 0x309, 0x38D
 GLOBAL_STATUS, GLOBAL_CTRL, GLOBAL_OVF_CTRL = 0x38E, 0x38F, 0x390
 PERF_CAPABILITIES, PEBS_ENABLE, PEBS_DATA_CFG, DS_AREA = 0x345, 0x3F1, 0x3F2, 0x600
+DEBUGCTL, DEBUGCTL_LBR = 0x1D9, 1 << 0          # IA32_DEBUGCTL and its LBR bit (SDM 17.4.1)
 
 # IA32_PERFEVTSELx bits (FACTS b.2)
 USR, OS, EDGE, INT, EN, INV = 1 << 16, 1 << 17, 1 << 18, 1 << 20, 1 << 22, 1 << 23
@@ -525,7 +526,8 @@ def test_counter_msrs_exist_only_up_to_the_model_counts():
     ("icelake", GLOBAL_CTRL, 1 << 8, False),
     ("silvermont", PEBS_ENABLE, 1, True),
     ("silvermont", PEBS_ENABLE, 1 << 1, False),      # PEBS only on PMC0 (FACTS a.7)
-    ("silvermont", PEBS_ENABLE, 1 << 32, True),      # LL_EN_PMC0 (FACTS b.5)
+    ("silvermont", PEBS_ENABLE, 1 << 32, False),     # no load latency on SLM (FACTS g.3)
+    ("haswell", PEBS_ENABLE, 1 << 32, True),         # LL_EN_PMC0 (FACTS b.5)
     ("skylake", PEBS_ENABLE, 0xF | 0xF << 32, True),
     ("skylake", PEBS_ENABLE, 1 << 63, False),
     ("icelake", PEBS_ENABLE, 0xFF | 0xF << 32, True),  # extended PEBS: fixed counters
@@ -552,6 +554,30 @@ def test_reserved_bits_gp(cpu, msr, value, ok):
         with pytest.raises(GuestFault) as e:
             r.wr(msr, value)
         assert e.value.vector == "#GP" and e.value.msr == msr and e.value.value == value
+
+
+@pytest.mark.parametrize("cpu, msr, value, faults", [
+    ("silvermont", DS_AREA, 0x0000_8000_0000_0000, True),      # non-canonical (FACTS g.4)
+    ("silvermont", DS_AREA, 0xFFFF_8880_0000_1000, False),
+    ("silvermont", PEBS_ENABLE, 0xF0000000F, True),           # what the patch accepts (g.3)
+    ("silvermont", PEBS_ENABLE, 1, False),
+    ("skylake", PEBS_ENABLE, 0xF0000000F, False),
+    ("skylake", GLOBAL_STATUS, 0, True),                      # read-only
+])
+def test_wrmsr_fault_is_the_check_without_the_write(cpu, msr, value, faults):
+    # SDM 26.4 (FACTS g.4): a VM-entry MSR-load entry fails where WRMSR would #GP;
+    # wrmsr_fault answers that question and changes nothing
+    r = Rig(cpu)
+    before = r.core.regs.copy()
+    why = r.core.wrmsr_fault(msr, value)
+    assert (why is not None) == faults
+    np.testing.assert_array_equal(r.core.regs, before)
+    if faults:
+        with pytest.raises(GuestFault, match=why.split()[0]):
+            r.wr(msr, value)
+    else:
+        r.wr(msr, value)
+        assert r.rd(msr) == value
 
 
 def test_perf_capabilities_and_global_status_are_read_only():
@@ -797,6 +823,60 @@ def test_pebs_load_record_has_address_and_latency(cpu):
     assert int(rec["lat"]) == int(w.latency[evt])
 
 
+def test_silvermont_record_fields_0x98_to_0xa8_are_reserved_zeros():
+    # FACTS g.3 / SDM 18.6.1.1, Table 18-13: 192 bytes; 0x90 GLOBAL_STATUS;
+    # 0x98, 0xA0, 0xA8 Reserved (no data address, source, latency); 0xB0
+    # EventingRIP; 0xB8 Reserved; trap-like: the IP at 0x08 is the next one
+    r = Rig("silvermont")
+    r.setup_ds()
+    w = W.pointer_chase(n=64, seed=3)
+    load_ev = r.model.event("MEM_UOPS_RETIRED.ALL_LOADS")
+    P = 10
+    arm_pebs(r, P, event=load_ev.event | load_ev.umask << 8)
+    r.run(w, 40)
+    loads = np.flatnonzero(w.kind == W.KIND_LOAD)
+    evt = loads[P - 1]
+    assert int(w.addr[evt]) != 0 and int(w.latency[evt]) != 0   # there was something to leak
+    raw = r.mm.read(r.buf, 192)
+    assert raw[0x98:0xB0] == bytes(0x18)
+    assert raw[0xB8:0xC0] == bytes(8)
+    assert int.from_bytes(raw[0xB0:0xB8], "little") == int(w.ip[evt])
+    assert int.from_bytes(raw[0x08:0x10], "little") == int(w.ip[(evt + 1) % len(w)])
+    assert int.from_bytes(raw[0x90:0x98], "little") & 1          # PMC0's overflow bit
+
+
+def test_silvermont_has_no_load_latency_bits():
+    # FACTS g.3: no load-latency facility on Silvermont, so LL_EN_PMC0 (PEBS_ENABLE
+    # bit 32, FACTS b.5) is reserved there; Haswell has it
+    sl, hw = Rig("silvermont"), Rig("haswell")
+    with pytest.raises(GuestFault):
+        sl.wr(PEBS_ENABLE, 1 << 32)
+    hw.wr(PEBS_ENABLE, 1 << 32 | 1)
+    assert hw.rd(PEBS_ENABLE) == 1 << 32 | 1
+
+
+@pytest.mark.parametrize("value", [0b11, 1 << 32 | 0b11, 0xF0000000F])
+def test_silvermont_ignores_pebs_enable_bits_it_lacks(value):
+    # The 2014 patch lets a Silvermont guest set any of 0xf0000000f (FACTS g.3);
+    # VM entry loads the value into the register. ASSUMPTION (counting.py,
+    # PEBS_ENABLE_IGNORES_OTHER_BITS): only PMC0's bit (SDM 18.6.1.1) arms PEBS.
+    r = Rig("silvermont")
+    r.setup_ds()
+    arm_pebs(r, 25)                                    # PMC0: INST_RETIRED, PEBS
+    r.wr(EVTSEL0 + 1, evtsel(INST_RETIRED, USR, OS, INT))
+    r.wr(PERFCTR0 + 1, (-40) & 0xFFFFFFFF)
+    r.wr(GLOBAL_CTRL, 0b11)
+    r.core.regs[C.R_PEBS_ENABLE] = np.uint64(value)    # as the MSR-load list does
+    assert r.run(MF, 60) == C.EXIT_PMI                  # PMC1 overflowed at 40: a PMI, no PEBS
+    assert 40 < r.retired <= 40 + SKID_MAX
+    log = r.core.take_log()
+    writes = log[log[:, 0] == C.LOG_PEBS_WRITE]
+    assert writes[:, 5].tolist() == [1]                 # one record, for PMC0 (at 25) alone
+    assert r.records().shape == (1,)
+    assert log[log[:, 0] == C.LOG_PMI][:, 5].tolist() == [0b10]   # the PMI is PMC1's
+    assert r.status & 0b10
+
+
 def test_non_trap_pebs_records_the_eventing_ip():
     m = dataclasses.replace(get_model("skylake"), name="skl-fault-like",
                             perf_capabilities=get_model("skylake").perf_capabilities
@@ -886,6 +966,7 @@ def test_adaptive_record_groups_follow_data_cfg(cfg):
             + 24 * (((cfg >> 24) & 0xFF) + 1) * bool(cfg & LBRS))   # FACTS a.3 size rule
     r.setup_ds(buf_pages=4)
     r.wr(PEBS_DATA_CFG, cfg)
+    r.wr(DEBUGCTL, DEBUGCTL_LBR)                # LBRs on: the LBR group holds the last branch
     P = 41
     arm_pebs(r, P, adaptive=True)
     r.run(MF, 2 * P)
@@ -908,6 +989,52 @@ def test_adaptive_record_groups_follow_data_cfg(cfg):
         last = branches[-1]
         assert int(rec["lbr"][0]["from"]) == int(MF.ip[last])
         assert int(rec["lbr"][0]["to"]) == int(MF.ip[last + 1])
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_lbr_group_is_zeros_while_debugctl_lbr_is_clear(fast):
+    # issue 9 item 4: nothing enabled LBRs, so no branch may reach the record;
+    # set DEBUGCTL.LBR and entry 0 is the last branch (FACTS a.3 LBR group)
+    r = Rig("icelake")
+    r.core.fast_forward = fast
+    r.setup_ds(buf_pages=4)
+    cfg = LBRS | 3 << 24                        # four LBR entries
+    r.wr(PEBS_DATA_CFG, cfg)
+    P = 41
+    arm_pebs(r, P, adaptive=True)
+    assert r.rd(DEBUGCTL) == 0                  # reset value
+    r.run(MF, P)
+    r.wr(DEBUGCTL, DEBUGCTL_LBR)
+    r.run(MF, P)
+    recs = pebs.decode(r.mm.read(r.buf, r.read_ds().pebs_index - r.buf), 4, data_cfg=cfg)
+    assert len(recs) == 2
+    off = recs[0]["lbr"]
+    assert all(int(off[k][f]) == 0 for k in range(4) for f in ("from", "to", "info"))
+    on = recs[1]["lbr"]
+    last = np.flatnonzero(MF.kind[:2 * P] == W.KIND_BRANCH)
+    last = last[last >= P][-1]                  # the last branch since LBRs went on
+    assert (int(on[0]["from"]), int(on[0]["to"])) == (int(MF.ip[last]), int(MF.ip[last + 1]))
+    assert all(int(on[k][f]) == 0 for k in (1, 2, 3) for f in ("from", "to", "info"))
+
+
+@pytest.mark.parametrize("cpu, value, ok", [
+    ("silvermont", DEBUGCTL_LBR, True),
+    ("silvermont", 1 << 2 | DEBUGCTL_LBR, False),   # bits 5:2 reserved (SDM Figure 17-3)
+    ("silvermont", 1 << 14, False),                 # FREEZE_WHILE_SMM needs PERF_CAPABILITIES bit 12
+    ("skylake", 1 << 14 | 1 << 11 | DEBUGCTL_LBR, True),
+    ("icelake", 1 << 63, False),                    # 63:16 reserved
+    ("haswell", 1 << 15, True),                     # RTM_DEBUG on a TSX part
+    ("silvermont", 1 << 15, False),
+])
+def test_debugctl_is_a_register(cpu, value, ok):
+    r = Rig(cpu)
+    if ok:
+        r.wr(DEBUGCTL, value)
+        assert r.rd(DEBUGCTL) == value
+    else:
+        with pytest.raises(GuestFault):
+            r.wr(DEBUGCTL, value)
+        assert r.rd(DEBUGCTL) == 0
 
 
 def test_adaptive_bit_clear_gives_basic_record_even_with_data_cfg():
@@ -946,6 +1073,41 @@ def test_one_record_for_counters_overflowing_together():
     assert len(raw) == 32
     rec = pebs.decode(raw, 4)[0]
     assert int(rec["basic"]["applicable_counters"]) == 1 | 1 << 3 | 1 << 32
+
+
+@pytest.mark.parametrize("adaptive_counters, want_groups", [
+    ((), 0),                         # nobody asked: basic record, group field 0
+    ((0,), MEMINFO | GPRS),          # one of the producers asked: DATA_CFG
+    ((3,), MEMINFO | GPRS),
+    ((32,), MEMINFO | GPRS),         # fixed counter 0: FIXED_CTR_CTRL bit 32
+    ((0, 3, 32), MEMINFO | GPRS),
+])
+def test_record_is_adaptive_when_a_producing_counter_asks(adaptive_counters, want_groups):
+    # FACTS a.3: the low bits of word 0 are "0 if none of the counters that produced
+    # it had their Adaptive_Record bit set, otherwise the value of MSR_PEBS_DATA_CFG"
+    # (EVENTSEL bit 34; FIXED_CTR_CTRL bit 32 + 4i); the size follows the groups
+    r = Rig("icelake")
+    r.setup_ds()
+    r.wr(PEBS_DATA_CFG, MEMINFO | GPRS)
+    for c in (0, 3, 32):
+        arm_pebs(r, 20, counter=c, adaptive=c in adaptive_counters)
+    r.run(MF, 20)
+    raw = r.mm.read(r.buf, r.read_ds().pebs_index - r.buf)
+    size = 32 + (32 + 144 if want_groups else 0)
+    assert pebs.walk_adaptive(raw) == [(0, want_groups, size)]
+    assert int.from_bytes(raw[16:24], "little") == 1 | 1 << 3 | 1 << 32
+
+
+def test_a_non_adaptive_counter_alone_writes_a_basic_record_next_to_an_adaptive_one():
+    # per counter, not per core: GP0 asks, GP1 does not; they overflow apart
+    r = Rig("icelake")
+    r.setup_ds()
+    r.wr(PEBS_DATA_CFG, GPRS)
+    arm_pebs(r, 20, counter=0, adaptive=True)
+    arm_pebs(r, 30, counter=1, adaptive=False)
+    r.run(MF, 30)
+    raw = r.mm.read(r.buf, r.read_ds().pebs_index - r.buf)
+    assert pebs.walk_adaptive(raw) == [(0, GPRS, 32 + 144), (32 + 144, 0, 32)]
 
 
 # ---- faults during the assist ------------------------------------------------------
@@ -1094,6 +1256,7 @@ def drive(cpu, seed, p0, p1, p2, jit, n=3000, hole=False):
     r.setup_ds(buf_pages=2, thresh_records=None if hole else 4)
     if m.adaptive:
         r.wr(PEBS_DATA_CFG, MEMINFO | GPRS | LBRS | 3 << 24)
+    r.wr(DEBUGCTL, DEBUGCTL_LBR)
     arm_pebs(r, p0, counter=0, adaptive=m.adaptive)
     r.wr(EVTSEL0 + 1, evtsel(CYCLES, USR, OS, INT))
     r.wr(PERFCTR0 + 1, (-p1) & 0xFFFFFFFF)
@@ -1233,7 +1396,7 @@ def sessions(draw):
                 runs=draw(st.lists(st.integers(0, 2500), min_size=1, max_size=6)),
                 timer=draw(st.sampled_from([0, 0, 97, 1500])),
                 thresh=draw(st.sampled_from([1, 3, None])),
-                hole=draw(st.booleans()))
+                hole=draw(st.booleans()), lbr=draw(st.booleans()))
 
 
 def play(cfg, fast, jit=True):
@@ -1242,7 +1405,9 @@ def play(cfg, fast, jit=True):
     m = r.model
     r.setup_ds(buf_pages=2, thresh_records=cfg["thresh"])
     if m.adaptive:
-        r.wr(PEBS_DATA_CFG, GPRS | MEMINFO)
+        r.wr(PEBS_DATA_CFG, GPRS | MEMINFO | LBRS)
+    if cfg.get("lbr"):
+        r.wr(DEBUGCTL, DEBUGCTL_LBR)
     ctrl, fctrl, pebs_en = 0, 0, 0
     reset = [0] * pebs.DS_RESET_SLOTS
     for j, sel, use_pebs, period in cfg["gp"]:

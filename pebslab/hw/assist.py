@@ -37,10 +37,10 @@ from .mmu import XLATE_EPT, XLATE_OK, translate
 from .models import KIND_LOAD, KIND_STORE
 from .regfile import (EXIT_EPT_VIOLATION, EXIT_PEBS_FAULT, EXIT_PMI, EXIT_REASON_NONE,
                       LOG_PEBS_DROP, LOG_PEBS_FAULT, LOG_PEBS_WRITE, LOG_PMI, R_ASSISTS, R_CR3,
-                      R_DS_AREA, R_EVTSEL0, R_EXIT_GPA, R_EXIT_GVA, R_EXIT_INFO, R_EXIT_REASON,
-                      R_FIXED0, R_FIXED_CTR_CTRL, R_GLOBAL_STATUS, R_LBR_FROM, R_LBR_TO, R_PMC0,
-                      R_PEBS_DATA_CFG, R_PEBS_DROPPED, R_PEBS_EVT, R_PEBS_PENDING, R_PMI_COUNT,
-                      R_TSC, U64, as_i64, bit, log_row)
+                      R_DEBUGCTL, R_DS_AREA, R_EVTSEL0, R_EXIT_GPA, R_EXIT_GVA, R_EXIT_INFO,
+                      R_EXIT_REASON, R_FIXED0, R_FIXED_CTR_CTRL, R_GLOBAL_STATUS, R_LBR_FROM,
+                      R_LBR_TO, R_PMC0, R_PEBS_DATA_CFG, R_PEBS_DROPPED, R_PEBS_EVT,
+                      R_PEBS_PENDING, R_PMI_COUNT, R_TSC, U64, as_i64, bit, log_row)
 
 RFLAGS_IN_RECORD = 0x246  # ASSUMPTION: a plausible RFLAGS (IF, ZF, PF, bit 1)
 RSP_IN_RECORD = 0x7FFC0000F000  # ASSUMPTION: a plausible user stack pointer
@@ -94,6 +94,7 @@ _SIZE_SHIFT = U64(P.FORMAT_SIZE_SHIFT)
 _SEL_ADAPTIVE = U64(M.ICL_EVENTSEL_ADAPTIVE)
 _FIXED_ADAPTIVE = U64(M.ICL_FIXED_0_ADAPTIVE)
 _FIXED = M.INTEL_PMC_IDX_FIXED
+_DEBUGCTL_LBR = U64(M.DEBUGCTLMSR_LBR)
 
 
 @njit(cache=True)
@@ -196,7 +197,8 @@ def legacy_record(rec, regs, params, pending, evt, nxt, w_ip, w_kind, w_addr, w_
     architectural state after the instruction (trap-like PEBS: IP of the
     next instruction; else the eventing IP), then per format the
     applicable-counters / GLOBAL_STATUS word, data address, data source and
-    latency (loads), the eventing IP and the TSC.
+    latency (loads; Reserved, so zeros, on Silvermont: SDM Table 18-13), the
+    eventing IP and the TSC.
     """
     fmt = params.pebs_format
     n = LEG_WORDS[fmt]
@@ -214,6 +216,7 @@ def legacy_record(rec, regs, params, pending, evt, nxt, w_ip, w_kind, w_addr, w_
     if fmt >= 1:
         # format 3 reports the applicable counters, older ones GLOBAL_STATUS
         rec[LEG_STATUS] = pending if fmt >= 3 else regs[R_GLOBAL_STATUS]
+    if fmt >= 1 and params.pebs_mem_info:     # Silvermont: 0x98-0xA8 Reserved, zeros
         if is_load or kind == KIND_STORE:
             rec[LEG_DLA] = w_addr[evt]
         if is_load:
@@ -254,6 +257,9 @@ def adaptive_record(rec, regs, pending, evt, nxt, w_ip, w_kind, w_addr, w_lat, w
     TSC), then the memory-info, GPR, XMM and LBR groups PEBS_DATA_CFG
     selects. FACTS a.3: the group bits are 0, and only the basic group is
     written, when no producing counter asked for an adaptive record.
+    ASSUMPTION: with IA32_DEBUGCTL.LBR clear the LBR group is written as
+    zeros (nothing enabled LBRs, so no branch -- a host's least of all --
+    may reach the record); with it set, entry 0 is the last branch.
     """
     cfg = regs[R_PEBS_DATA_CFG] & _CFG_MODELLED
     groups = cfg if wants_adaptive(regs, pending) else U64(0)
@@ -292,7 +298,7 @@ def adaptive_record(rec, regs, pending, evt, nxt, w_ip, w_kind, w_addr, w_lat, w
         g += GPRS_WORDS
     if groups & _CFG_XMMS:
         g += XMM_WORDS                          # the model has no vector state: zeros
-    if groups & _CFG_LBRS:
+    if groups & _CFG_LBRS and (regs[R_DEBUGCTL] & _DEBUGCTL_LBR) != U64(0):
         rec[g + LBR_FROM] = regs[R_LBR_FROM]    # entry 0: the last branch; older ones 0
         rec[g + LBR_TO] = regs[R_LBR_TO]
     return n

@@ -68,6 +68,7 @@ from .regfile import (EXIT_BUDGET, EXIT_LOG_FULL, EXIT_PMI, EXIT_TIMER, LOG_CAPA
                       R_NLOG, R_PEBS_DATA_CFG, R_PEBS_ENABLE, R_PEBS_PENDING, R_PMC0,
                       R_PMI_CAUSE, R_PMI_COUNT, R_PRNG, R_RETIRED, R_RIP, R_SKID,
                       R_TIMER_DEADLINE, R_TSC, R_DS_AREA, U64, as_i64, bit, log_row)
+from .regfile import R_DEBUGCTL
 
 
 # =============================================================================
@@ -114,11 +115,12 @@ def fast_forward_span(regs, i, kmax, gp, ng, fx, nf, pre, cmask_w, deadline):
 
 
 @njit(cache=True, inline="always")
-def retire_stretch(regs, i, k, gp, ng, fx, nf, pre, lbr_last, w_ip, w_cpl):
+def retire_stretch(regs, i, k, gp, ng, fx, nf, pre, lbr_last, lbr_on, w_ip, w_cpl):
     """Retire instructions i .. i+k-1 at once, as stepping through them would.
 
     The caller made sure nothing happens in the stretch (fast_forward_span).
-    Returns the index of the next instruction.
+    ``lbr_on``: DEBUGCTL.LBR, the last branch is recorded. Returns the
+    index of the next instruction.
     """
     L = w_ip.shape[0]
     e = i + k
@@ -127,7 +129,7 @@ def retire_stretch(regs, i, k, gp, ng, fx, nf, pre, lbr_last, w_ip, w_cpl):
     regs[R_RETIRED] += U64(k)
     regs[R_CPL] = U64(w_cpl[e - 1])
     q = lbr_last[e - 1]
-    if q >= i:
+    if lbr_on and q >= i:
         regs[R_LBR_FROM] = w_ip[q]
         regs[R_LBR_TO] = w_ip[q + 1 if q + 1 < L else 0]
     for n in range(ng):
@@ -227,12 +229,17 @@ def core_run(regs, params, evmap, w_ip, w_kind, w_cpl, w_addr, w_lat, w_cycles, 
     cmask_w = (U64(1) << U64(params.width)) - U64(1)
     ng = decode_gp_controls(regs, params, evmap, gp)
     nf = decode_fixed_controls(regs, params, fx)
+    # the LBR stack records branches only while DEBUGCTL.LBR is set (SDM 17.4.1)
+    lbr_on = (regs[R_DEBUGCTL] & U64(M.DEBUGCTLMSR_LBR)) != U64(0)
     ff = fast_forward
     for k in range(ng):
         if gp[C_CMASK, k] != 0:
             ff = False          # CMASK/EDGE counters have per-cycle state: step them
     ff_min = 2 if ff else budget + 1    # shortest stretch worth fast-forwarding
+    zero = U64(0)                       # the constants of the per-instruction path, made once
+    one = U64(1)
     deadline = regs[R_TIMER_DEADLINE]
+    timer = deadline != zero
     log_limit = log.shape[0] - LOG_SLACK
     regs[R_EXIT_GVA] = U64(0)
     regs[R_EXIT_GPA] = U64(0)
@@ -254,11 +261,12 @@ def core_run(regs, params, evmap, w_ip, w_kind, w_cpl, w_addr, w_lat, w_cycles, 
         if np.int64(regs[R_NLOG]) > log_limit:
             regs[R_EXIT_REASON] = U64(EXIT_LOG_FULL)
             return EXIT_LOG_FULL
-        if budget - done >= ff_min and regs[R_PEBS_PENDING] == U64(0):
+        if budget - done >= ff_min and regs[R_PEBS_PENDING] == zero:
             k = fast_forward_span(regs, i, min(budget - done, L - i), gp, ng, fx, nf, pre,
                                   cmask_w, deadline)
             if k >= ff_min:
-                i = retire_stretch(regs, i, k, gp, ng, fx, nf, pre, lbr_last, w_ip, w_cpl)
+                i = retire_stretch(regs, i, k, gp, ng, fx, nf, pre, lbr_last, lbr_on, w_ip,
+                                   w_cpl)
                 regs[R_RIP] = U64(i)
                 tsc = regs[R_TSC]
                 retired = regs[R_RETIRED]
@@ -270,29 +278,29 @@ def core_run(regs, params, evmap, w_ip, w_kind, w_cpl, w_addr, w_lat, w_cycles, 
         cyc = np.int64(w_cycles[i])
         cpl = np.int64(w_cpl[i])
         tsc += U64(cyc)
-        retired += U64(1)
+        retired += one
         regs[R_TSC] = tsc
         regs[R_RETIRED] = retired
         regs[R_CPL] = U64(cpl)
         nxt = i + 1 if i + 1 < L else 0
-        if kind == KIND_BRANCH or nxt == 0:   # the last instruction jumps back to the first
+        if lbr_on and (kind == KIND_BRANCH or nxt == 0):  # the last one jumps to the first
             regs[R_LBR_FROM] = w_ip[i]
             regs[R_LBR_TO] = w_ip[nxt]
         count_one(regs, params, log, i, kind, cyc, RING_OS if cpl == 0 else RING_USR, gp, ng,
                   fx, nf, cmask_w, w_ip, w_lat, w_llc, w_misp)
         regs[R_RIP] = U64(nxt)
-        if regs[R_PEBS_PENDING] != U64(0):      # trap-like: after the instruction retired
+        if regs[R_PEBS_PENDING] != zero:        # trap-like: after the instruction retired
             r = assist_exit(regs, params, mem, ept, tlb, log, rec, w_ip, w_kind, w_addr,
                             w_lat, w_llc, nxt)
             if r >= 0:
                 return r
-        if regs[R_SKID] != U64(0):
-            regs[R_SKID] -= U64(1)
-            if regs[R_SKID] == U64(0):
+        if regs[R_SKID] != zero:
+            regs[R_SKID] -= one
+            if regs[R_SKID] == zero:
                 deliver_pmi(regs, log, nxt, w_ip)
                 regs[R_EXIT_REASON] = U64(EXIT_PMI)
                 return EXIT_PMI
-        if deadline != U64(0) and tsc >= deadline:
+        if timer and tsc >= deadline:
             regs[R_EXIT_REASON] = U64(EXIT_TIMER)
             return EXIT_TIMER
         i = nxt
@@ -409,6 +417,8 @@ class Core:
         }
         if index == M.MSR_PEBS_DATA_CFG and m.pebs_format >= 4:
             return R_PEBS_DATA_CFG, "data_cfg"
+        if index == M.MSR_IA32_DEBUGCTLMSR:
+            return R_DEBUGCTL, "debugctl"
         return table.get(index, (-1, ""))
 
     def valid_bits(self, kind: str, idx: int | None = None) -> int:
@@ -440,11 +450,28 @@ class Core:
                 v |= M.GLOBAL_STATUS_BUFFER_OVF | M.GLOBAL_STATUS_COND_CHG
             return v
         if kind == "pebs_enable":
+            # PEBS_EN bits of the counters with PEBS; LL_EN bits with load latency
+            # (not Silvermont); extended PEBS puts the fixed counters at bit 32 + i.
+            # Any other bit is reserved: see PEBS_ENABLE_OTHER_BITS.
             if m.adaptive:
                 return m.pebs_counter_mask | m.pebs_fixed_mask << 32
-            return m.pebs_counter_mask | m.pebs_counter_mask << M.PEBS_LL_EN_SHIFT
+            ll = m.pebs_counter_mask << M.PEBS_LL_EN_SHIFT if m.load_latency else 0
+            return m.pebs_counter_mask | ll
         if kind == "data_cfg":
             return M.KVM_PEBS_DATA_CFG_VALID
+        if kind == "debugctl":
+            # ASSUMPTION: the bits of SDM Figure 17-3 (FREEZE_IN_SMM only with
+            # PERF_CAPABILITIES.FREEZE_WHILE_SMM, RTM_DEBUG only with TSX) are
+            # writable, the rest (5:2, 13, 63:16) #GP.
+            # The model acts on LBR alone (the other bits are stored, not modelled).
+            v = (M.DEBUGCTLMSR_LBR | M.DEBUGCTLMSR_BTF | M.DEBUGCTLMSR_TR | M.DEBUGCTLMSR_BTS
+                 | M.DEBUGCTLMSR_BTINT | M.DEBUGCTLMSR_BTS_OFF_OS | M.DEBUGCTLMSR_BTS_OFF_USR
+                 | M.DEBUGCTLMSR_FREEZE_LBRS_ON_PMI | M.DEBUGCTLMSR_FREEZE_PERFMON_ON_PMI)
+            if m.perf_capabilities & M.PERF_CAP_FREEZE_WHILE_SMM:
+                v |= M.DEBUGCTLMSR_FREEZE_IN_SMM
+            if m.has_tsx:
+                v |= M.DEBUGCTLMSR_RTM_DEBUG
+            return v
         return (1 << 64) - 1
 
     def rdmsr(self, index: int) -> int:
@@ -459,43 +486,51 @@ class Core:
             raise GuestFault("#GP", msr=index, reason="no such MSR on " + self.model.name)
         return int(self.regs[slot])
 
-    def wrmsr(self, index: int, value: int) -> None:
-        """Write a PMU MSR with the hardware's rules; reserved bits raise #GP."""
+    def wrmsr_fault(self, index: int, value: int) -> str | None:
+        """Why WRMSR(index, value) at CPL 0 would #GP on this core, or None if it would not.
+
+        pebslab only. Also the check VM entry makes for each entry of the
+        VM-entry MSR-load list: the entry fails where the same WRMSR would
+        #GP (SDM Vol. 3C, 26.4; FACTS g.4). Nothing is written.
+        """
         _check_msr_index(index)
         if not isinstance(value, int) or isinstance(value, bool):
             raise TypeError(f"value must be an int; got {type(value).__name__}")
         if not 0 <= value <= MASK64:
             raise ValueError(f"value must be in 0..2**64-1; got {value}")
         slot, kind = self._slot(index)
-        if kind in ("perf_cap", "global_status") or (slot < 0 and kind != "ovf_ctrl"):
-            raise GuestFault("#GP", msr=index, value=value,
-                             reason="read-only" if kind else "no such MSR on " + self.model.name)
+        if kind in ("perf_cap", "global_status"):
+            return "read-only"
+        if slot < 0 and kind != "ovf_ctrl":
+            return "no such MSR on " + self.model.name
+        if kind == "pmc_legacy":
+            return None                       # bits 63:32 are ignored, never reserved
+        if kind in ("pmc_full", "fixed"):
+            if value & ~self.width_mask:
+                return f"bits above the {self.model.width}-bit counter width"
+            return None
+        if kind == "ds_area":
+            return None if is_canonical(value) else "non-canonical address"
+        idx = index - M.MSR_P6_EVNTSEL0 if kind == "evtsel" else None
+        bad = value & ~self.valid_bits(kind, idx)
+        return f"reserved bits {bad:#x}" if bad else None
+
+    def wrmsr(self, index: int, value: int) -> None:
+        """Write a PMU MSR with the hardware's rules; reserved bits raise #GP (see wrmsr_fault)."""
+        why = self.wrmsr_fault(index, value)
+        if why is not None:
+            raise GuestFault("#GP", msr=index, value=value, reason=why)
+        slot, kind = self._slot(index)
         if kind == "pmc_legacy":
             # legacy alias: bits 31:0 written, sign-extended to the counter width
             low = value & 0xFFFFFFFF
             if low & 0x80000000:
                 low |= ~0xFFFFFFFF
             self.regs[slot] = np.uint64(low & self.width_mask)
-            return
-        if kind in ("pmc_full", "fixed"):
-            if value & ~self.width_mask:
-                raise GuestFault("#GP", msr=index, value=value,
-                                 reason=f"bits above the {self.model.width}-bit counter width")
-            self.regs[slot] = np.uint64(value)
-            return
-        if kind == "ds_area":
-            if not is_canonical(value):
-                raise GuestFault("#GP", msr=index, value=value, reason="non-canonical address")
-            self.regs[slot] = np.uint64(value)
-            return
-        idx = index - M.MSR_P6_EVNTSEL0 if kind == "evtsel" else None
-        bad = value & ~self.valid_bits(kind, idx)
-        if bad:
-            raise GuestFault("#GP", msr=index, value=value, reason=f"reserved bits {bad:#x}")
-        if kind == "ovf_ctrl":
+        elif kind == "ovf_ctrl":
             self.regs[R_GLOBAL_STATUS] = np.uint64(int(self.regs[R_GLOBAL_STATUS]) & ~value)
-            return
-        self.regs[slot] = np.uint64(value)
+        else:
+            self.regs[slot] = np.uint64(value)
 
     # --- running --------------------------------------------------------------
     def run(self, workload, budget: int, mem: np.ndarray, ept: np.ndarray,

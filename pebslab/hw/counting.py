@@ -50,6 +50,18 @@ _FIX_OS = U64(M.INTEL_FIXED_0_KERNEL)
 _FIX_USR = U64(M.INTEL_FIXED_0_USER)
 _FIX_PMI = U64(M.INTEL_FIXED_0_ENABLE_PMI)
 
+# ASSUMPTION: what the core does with an IA32_PEBS_ENABLE bit for a counter
+# its model has no PEBS on (e.g. bit 1 or LL_EN_PMC0, bit 32, on Silvermont:
+# SDM 18.6.1.1 gives it PEBS on IA32_PMC0 only and no load-latency facility;
+# FACTS g.3). The SDM calls such bits reserved without saying what the
+# hardware does (the WRMSR reference: software should write reserved bits
+# as read). The model: WRMSR of such a value is a #GP (Core.wrmsr), and when
+# the register holds one anyway -- the 2014 patch accepts 0xf0000000f from a
+# Silvermont guest and VM entry loads it through the MSR-load list -- the
+# bit is ignored: that counter counts and overflows as without PEBS (a PMI
+# if its INT bit is set), no record is written, no latency is measured.
+PEBS_ENABLE_IGNORES_OTHER_BITS = True
+
 # The rings a counter counts in, as the bit set the loop tests an
 # instruction's ring against: bit 0 CPL 0 (OS), bit 1 CPL > 0 (USR).
 RING_OS = 1
@@ -96,13 +108,13 @@ def decode_gp_controls(regs, params, evmap, t):
     one active counter; returns n. A counter is active when EN and its GLOBAL_CTRL bit are
     set, it counts in some ring, and IN_TX is clear (IN_TX counts only
     inside transactions, and the model has none). PEBS is armed when its
-    PEBS_ENABLE bit is set, the model has PEBS on that counter and the
-    event is PEBS-capable.
+    PEBS_ENABLE bit is set, the model has PEBS on that counter (see
+    PEBS_ENABLE_IGNORES_OTHER_BITS) and the event is PEBS-capable.
     """
     t[:, :] = 0
     gctrl = regs[R_GLOBAL_CTRL]
     pebs_en = regs[R_PEBS_ENABLE]
-    pebs_ok = U64(params.pebs_gp_mask)
+    pebs_ok = U64(params.pebs_gp_mask) if PEBS_ENABLE_IGNORES_OTHER_BITS else ~U64(0)
     n = 0
     for j in range(params.n_gp):
         sel = regs[R_EVTSEL0 + j]
@@ -151,6 +163,8 @@ def decode_fixed_controls(regs, params, t):
     gctrl = regs[R_GLOBAL_CTRL]
     pebs_en = regs[R_PEBS_ENABLE]
     pebs_ok = U64(params.pebs_fixed_mask) << U64(M.INTEL_PMC_IDX_FIXED)
+    if not PEBS_ENABLE_IGNORES_OTHER_BITS:
+        pebs_ok = ~U64(0)
     fctrl = regs[R_FIXED_CTR_CTRL]
     n = 0
     for j in range(params.n_fixed):

@@ -122,6 +122,13 @@ class CpuModel:
     has_tsx: bool
     skid_min: int              # instructions between overflow and PMI delivery
     skid_max: int
+    # Legacy records (formats 1-3): does the record carry the data linear
+    # address, data source and latency at 0x98, 0xA0, 0xA8? Silvermont's are
+    # Reserved (SDM 18.6.1.1, Table 18-13; FACTS g.3): it writes zeros there.
+    pebs_mem_info: bool = True
+    # The load-latency facility: PEBS_ENABLE.LL_EN_PMCx (bits 32 + i) and
+    # MSR_PEBS_LD_LAT_THRESHOLD. Silvermont has none (FACTS g.3).
+    load_latency: bool = True
     events: tuple[EventDesc, ...] = field(default=(), repr=False)
     notes: tuple[str, ...] = field(default=(), repr=False)
 
@@ -143,7 +150,7 @@ class CpuModel:
                 raise TypeError(f"{fname} must be an int; got {type(v).__name__} {v!r}")
             if not lo <= v <= hi:
                 raise ValueError(f"{fname} must be in {lo}..{hi}; got {v}")
-        for fname in ("pebs_ept", "has_tsx"):
+        for fname in ("pebs_ept", "has_tsx", "pebs_mem_info", "load_latency"):
             if not isinstance(getattr(self, fname), bool):
                 raise TypeError(f"{fname} must be True or False; got {getattr(self, fname)!r}")
         if self.pebs_counter_mask >> self.n_gp:
@@ -216,6 +223,7 @@ class CoreParams(NamedTuple):
     pebs_fixed_mask: int   # fixed counters that can arm PEBS (bit i = FIXED_CTRi)
     pebs_trap: bool        # PERF_CAPABILITIES.PEBS_TRAP: record IP is the next instruction's
     pebs_ept: bool         # an EPT violation in the assist exits and retries (EPT-friendly PEBS)
+    pebs_mem_info: bool    # legacy records carry data address, source, latency (not Silvermont)
     skid_min: int          # an interrupt-based PMI arrives skid_min..skid_max
     skid_max: int          # instructions after the overflowing one
 
@@ -228,7 +236,8 @@ def core_params(model: "CpuModel") -> CoreParams:
         pebs_format=model.pebs_format, pebs_gp_mask=model.pebs_counter_mask,
         pebs_fixed_mask=model.pebs_fixed_mask,
         pebs_trap=bool(model.perf_capabilities & M.PERF_CAP_PEBS_TRAP),
-        pebs_ept=model.pebs_ept, skid_min=model.skid_min, skid_max=model.skid_max)
+        pebs_ept=model.pebs_ept, pebs_mem_info=model.pebs_mem_info,
+        skid_min=model.skid_min, skid_max=model.skid_max)
 
 
 def _cap(lbr_fmt: int, fmt: int, *, trap=True, arch_reg=True, smm=False, fw=False,
@@ -260,8 +269,13 @@ MODELS: dict[str, CpuModel] = {
         # ASSUMPTION: LBR format 0, trap-like PEBS, no full-width writes.
         perf_capabilities=_cap(0, 2),
         pebs_ept=False, has_tsx=False, skid_min=SKID_MIN, skid_max=SKID_MAX,
+        pebs_mem_info=False, load_latency=False,
         events=_ARCH + _SLM,
-        notes=("PEBS only on PMC0 (SDM 18.6.1.1; Linux intel_slm_pebs_event_constraints)",
+        notes=("PEBS only on PMC0, trap-like (SDM 18.6.1.1; Linux "
+               "intel_slm_pebs_event_constraints)",
+               "record: 0x98, 0xA0, 0xA8 Reserved (zeros), EventingRIP at 0xB0 "
+               "(SDM Table 18-13)",
+               "no load-latency facility: no LL_EN bits in PEBS_ENABLE",
                "PEBS_FMT=2 assumed from the record layout"),
     ),
     "haswell": CpuModel(

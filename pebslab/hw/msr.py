@@ -24,6 +24,7 @@ MSR_CORE_PERF_GLOBAL_STATUS = 0x38E
 MSR_CORE_PERF_GLOBAL_CTRL = 0x38F
 MSR_CORE_PERF_GLOBAL_OVF_CTRL = 0x390
 MSR_IA32_MISC_ENABLE = 0x1A0
+MSR_IA32_DEBUGCTLMSR = 0x1D9       # IA32_DEBUGCTL (SDM Vol. 3B, 17.4.1)
 MSR_IA32_PERF_CAPABILITIES = 0x345
 MSR_IA32_PEBS_ENABLE = 0x3F1
 MSR_PEBS_DATA_CFG = 0x3F2
@@ -116,6 +117,19 @@ PERF_CAP_FIELDS = (
     ("pebs_output_pt", 16, 1),
     ("pebs_timing_info", 17, 1),
 )
+
+# --- IA32_DEBUGCTL (SDM Vol. 3B, 17.4.1, Figure 17-3; Linux msr-index.h) ------
+DEBUGCTLMSR_LBR = 1 << 0           # record a running trace of branches in the LBR stack
+DEBUGCTLMSR_BTF = 1 << 1           # single-step on branches
+DEBUGCTLMSR_TR = 1 << 6            # send branch trace messages
+DEBUGCTLMSR_BTS = 1 << 7           # store branch trace in the BTS buffer
+DEBUGCTLMSR_BTINT = 1 << 8         # interrupt when the BTS buffer is full
+DEBUGCTLMSR_BTS_OFF_OS = 1 << 9
+DEBUGCTLMSR_BTS_OFF_USR = 1 << 10
+DEBUGCTLMSR_FREEZE_LBRS_ON_PMI = 1 << 11
+DEBUGCTLMSR_FREEZE_PERFMON_ON_PMI = 1 << 12
+DEBUGCTLMSR_FREEZE_IN_SMM = 1 << 14   # needs PERF_CAPABILITIES.FREEZE_WHILE_SMM
+DEBUGCTLMSR_RTM_DEBUG = 1 << 15    # advanced debugging of RTM regions (TSX parts)
 
 # --- IA32_MISC_ENABLE ---------------------------------------------------------
 MSR_IA32_MISC_ENABLE_EMON = 1 << 7

@@ -48,6 +48,7 @@ R_PMI_CAUSE = 44        # GLOBAL bits whose overflow scheduled the pending PMI
 R_CPL = 45              # CPL of the last retired instruction
 R_ASSISTS = 46          # PEBS records written since reset
 R_PMI_COUNT = 47
+R_DEBUGCTL = 48         # IA32_DEBUGCTL (the core models its LBR bit)
 NREGS = 64
 
 # ---- exit reasons (what core_run returns) ------------------------------------
