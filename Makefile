@@ -28,9 +28,11 @@ lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --ServerApp.ip=127.0.0.1 --notebook-dir=notebooks \
 	    $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
-## The whole suite: unit + property tests and notebooks, then the tests again in pure Python
-## (numba disabled: the fallback path must stay correct).
-test: $(STAMP)
+## The whole suite: build the site (make book), then unit + property tests, notebooks, the
+## Binder kit, figures/ and both browser tests (JupyterLab; the built site, screenshots in
+## build/site-shots/), then the tests again in pure Python (numba disabled: the fallback path
+## must stay correct).
+test: $(STAMP) book
 	$(PY) -m pytest -q tests notebooks --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg
 	NUMBA_DISABLE_JIT=1 $(PY) -m pytest -q -p no:cacheprovider -m "not slow" tests
 

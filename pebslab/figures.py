@@ -31,7 +31,6 @@ import hashlib
 import html
 import importlib
 import io
-import itertools
 import json
 import os
 import pkgutil
@@ -124,11 +123,6 @@ def figure_specs() -> dict[str, FigureSpec]:
             raise ValueError(f"figure name {s.name!r} registered twice")
         specs[s.name] = s
     return specs
-
-
-def _is_figure_function(spec: FigureSpec) -> bool:
-    ret = getattr(spec.resolve(), "__annotations__", {}).get("return")
-    return ret is None or "Figure" in str(ret)
 
 
 #: name -> FigureSpec of every file in figures/ (filled on first use).
@@ -344,7 +338,7 @@ def _underlying(f):
     return f
 
 
-def _render_state(fn, kwargs: dict, dpi: int = 72) -> str:
+def _render_state(fn, kwargs: dict, dpi: int = 80) -> str:
     """HTML of one explorer state: images with alt text, tables or text."""
     import matplotlib.pyplot as plt
     from IPython.utils.capture import capture_output
@@ -446,9 +440,8 @@ def static_explorer(f, **kwargs):
         return st
 
     view = tree(0, ())
-    for w, stacks in zip(widgets_, stacks_at):
-        for st in stacks:
-            W.jslink((w, "index"), (st, "selected_index"))
+    links = [W.jslink((w, "index"), (st, "selected_index"))
+             for w, stacks in zip(widgets_, stacks_at) for st in stacks]
     n = 1
     for c in moving:
         n *= len(c.values)
@@ -465,6 +458,7 @@ def static_explorer(f, **kwargs):
     note += ".</div>"
     box = W.VBox([*widgets_, view, W.HTML(note)])
     box.add_class("pebslab-static-explorer")
+    box.links = links          # kept alive with the box; the page's widget state holds them
     return box
 
 

@@ -176,16 +176,14 @@ def test_page(path, server, browser, summary):
         page.wait_for_load_state("networkidle")
         n_views = page.locator('script[type="application/vnd.jupyter.widget-view+json"]').count()
         if n_views:
-            # the html-manager replaces each view script with the rendered widget
+            # the html-manager renders each view into a div.widget-subarea placed just before
+            # its <script type=".../widget-view+json">
             page.wait_for_function(
-                "n => document.querySelectorAll('.jupyter-widgets.widget-container,"
-                " .jupyter-widgets.widget-inline-hbox, .jupyter-widgets.widget-html,"
-                " .jupyter-widgets.widget-output, .jupyter-widgets').length >= n",
-                arg=n_views, timeout=60_000)
-            page.wait_for_function(
-                "() => !document.querySelector('.widget-view-loading')"
-                " && [...document.querySelectorAll('script[type=\"application/vnd.jupyter.widget-view+json\"]')]"
-                ".every(s => s.previousElementSibling || s.parentElement.querySelector('.jupyter-widgets'))",
+                """() => [...document.querySelectorAll(
+                      'script[type="application/vnd.jupyter.widget-view+json"]')].every(s => {
+                    const d = s.previousElementSibling;
+                    return d && d.classList.contains('widget-subarea') && d.children.length > 0
+                        && d.getBoundingClientRect().height > 0; })""",
                 timeout=60_000)
         text = page.inner_text("body")
         assert not TRACEBACK.search(text), f"{path}: traceback or error text on the page: " \
@@ -253,3 +251,24 @@ def test_zero_requests_to_other_hosts(summary):
     total = sum(p["requests"] for p in summary["pages"].values())
     print(f"site: {len(summary['pages'])} pages, {total} requests, {n} to other hosts")
     assert total > 0 and n == 0
+
+
+def test_cheatsheet_prints_on_one_page(server, browser):
+    """The cheat sheet's print stylesheet fits it on one A4 page (the PDF is kept as an artifact)."""
+    ctx = browser.new_context()
+    page = ctx.new_page()
+    others = []
+    base_host = urllib.parse.urlsplit(server).netloc
+    page.on("request", lambda r: urllib.parse.urlsplit(r.url).netloc not in (base_host, "")
+            and others.append(r.url))
+    try:
+        page.goto(f"{server}/cheatsheet.html", wait_until="networkidle")
+        page.emulate_media(media="print")
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        pdf = page.pdf(path=str(SHOTS / "cheatsheet.pdf"), format="A4", print_background=True,
+                       prefer_css_page_size=True)
+    finally:
+        ctx.close()
+    pages = len(re.findall(rb"/Type\s*/Page(?!s)", pdf))
+    assert pages == 1, f"the cheat sheet prints on {pages} pages, not one"
+    assert not [u for u in others if not u.startswith("data:")]
