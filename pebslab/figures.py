@@ -68,6 +68,13 @@ class FigureSpec:
 
 #: Figures beyond the explorers' default views (the course's fixed pictures).
 EXTRA_FIGURES: tuple[FigureSpec, ...] = (
+    FigureSpec("record_life", "pebslab.viz.story.record_life", {},
+               "Sequence diagram of one PEBS record's life in a Silvermont guest under the "
+               "patch, drawn from a real run's trace: the guest writes DS_AREA and "
+               "PEBS_ENABLE (VM exits), KVM pins 17 pages, VM entry loads DS_AREA, the "
+               "counter overflows, the assist writes the record through GVA, GPA and HPA, "
+               "the PMI exits to the host, KVM sets bit 62 and injects a PMI, and the guest "
+               "reads GLOBAL_STATUS and drains the buffer."),
     FigureSpec("stack_pmi", "pebslab.viz.stack.stack_diagram", {"flow": "pmi"},
                "The four layers pebslab models (hardware, host kernel, KVM, guest) with the "
                "path of a counter overflow highlighted: the PMI goes to the host, KVM sets the "
