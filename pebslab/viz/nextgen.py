@@ -170,7 +170,7 @@ def record_bytes(cpu: str) -> int:
 
 
 def _setup(design: str, cpu: str, buf_pages: int = 16, threshold_pages: int = 2,
-           frames: int = 1024):
+           frames: int = 1024, period: int = 97):
     """manual_pebs with a threshold of ``threshold_pages`` pages of records.
 
     A threshold in bytes, not records, so that a Silvermont (192-byte
@@ -182,7 +182,7 @@ def _setup(design: str, cpu: str, buf_pages: int = 16, threshold_pages: int = 2,
     from ..guest.kernel import GuestKernel
     guest = GuestKernel(vm)
     ev, um = _review._pebs_event(cpu)
-    st = scenarios.manual_pebs(guest, period=97,
+    st = scenarios.manual_pebs(guest, period=period,
                                threshold_records=threshold_pages * PAGE // record_bytes(cpu),
                                buf_pages=buf_pages, event=ev | um << 8)
     return host, vm, guest, st
@@ -283,15 +283,27 @@ def _pinned_16(design, cpu):
 
 
 def _survives(design, cpu, *, remap=False, buf_pages=16, instructions=2_000_000):
+    """Set up, optionally remap buffer page 1, reclaim everything, run: 'yes' or 'crash'.
+
+    With ``remap`` or a buffer beyond 16 pages the guest reads its DS area after
+    reclaim (its page tables and DS page come back), so that only the effect
+    asked about can kill it. A buffer beyond 16 pages is filled past its
+    20th page before the first PMI (period 13, threshold = whole buffer).
+    """
+    big = buf_pages > 16
+    period = 13 if big else 97
     try:
-        host, vm, guest, st = _setup(design, cpu, buf_pages=buf_pages)
+        host, vm, guest, st = _setup(design, cpu, buf_pages=buf_pages,
+                                     threshold_pages=buf_pages if big else 2, period=period)
     except GuestFault as e:
         return f"refused ({e.vector})"
     if remap:
         scenarios.remap_buffer_page(guest, st, page=1)
     host.reclaim(10_000)
-    if remap:
+    if remap or big:
         st.debug_store()
+    if big:   # enough instructions for 20 pages of records (one per 64 * period)
+        instructions = 20 * PAGE // record_bytes(cpu) * 64 * period + 100_000
     res = vm.run(_hot(), instructions)
     return "crash" if res.crashed else "yes"
 
