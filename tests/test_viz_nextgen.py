@@ -72,6 +72,7 @@ def test_reclaim_timeline_draws_both_rows():
     assert labels == ["icelake on icelake", "patch on silvermont"]
 
 
+@pytest.mark.slow       # ~30 s in pure Python; runs in `make test`'s numba pass
 def test_compare_designs_answers():
     rows = {r["design"]: r for r in N.compare_designs()}
     assert rows["patch"]["msrs_no_pebs"] == "yes"

@@ -197,12 +197,12 @@ KEYS = ("page tables", "DS area", "buffer")
 def _fault_scenario(touch_ds: bool, buf_pages: int):
     from ..viz.nextgen import _setup
     host, vm, guest, st = _setup("icelake", "icelake", buf_pages=buf_pages,
-                                 threshold_pages=min(4, buf_pages))
+                                 threshold_pages=min(4, buf_pages), period=13)
     host.reclaim(10_000)
     if touch_ds:
         st.debug_store()
     from ..viz.nextgen import _hot
-    vm.run(_hot(), 2_000_000)
+    vm.run(_hot(), 300_000)        # ~360 records of 32 bytes: into buffer page 2
     return vm, st
 
 

@@ -251,7 +251,7 @@ def reclaim_timeline(remap: bool = True, instructions: int = 2_000_000):
                        linewidths=1.5 if marker in "|x" else None)
             seen.add(kind)
         verdict = ("GUEST CRASHED" if r["crashed"] else "survived") + \
-            f": {r['records']} records, {r['pebs_faults']} assist EPT violations"
+            f": {r['records']} records, {r['pebs_faults']} assist EPT violation(s)"
         ax.text(0, y + 0.22, verdict, fontsize=8, va="bottom",
                 color="#D55E00" if r["crashed"] else "black")
     ax.set_yticks(range(len(runs)))
@@ -264,7 +264,7 @@ def reclaim_timeline(remap: bool = True, instructions: int = 2_000_000):
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=3, fontsize=8,
               frameon=False)
     ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.17, right=0.98, top=0.80, bottom=0.38)
     return fig
 
 
