@@ -97,3 +97,8 @@ def test_errors_name_the_argument():
         N.reclaim_run("v2")
     with pytest.raises(TypeError, match="designs must be a non-empty tuple"):
         N.compare_designs("patch")
+
+
+def test_explorers_run_at_their_defaults():
+    for name, (fn, kw) in N.EXPLORERS.items():
+        assert fn(**kw).axes, name

@@ -84,3 +84,8 @@ def test_errors_name_the_argument():
         review.gate_grid(hide_ds=1)
     with pytest.raises(ValueError, match="cpu must be one of"):
         review.gate_grid(cpu="k6")
+
+
+def test_explorers_run_at_their_defaults():
+    for name, (fn, kw) in review.EXPLORERS.items():
+        assert fn(**kw).axes, name
