@@ -90,8 +90,8 @@ MSR_IA32_DEBUGCTLMSR = 0x1D9
 UNMODELED = {
     M.MSR_IA32_MISC_ENABLE: "always emulated: a read never faults; bit 12 (PEBS_UNAVAIL) "
                             "tells the guest whether PEBS exists (FACTS b.1, c.4; issue 9)",
-    MSR_IA32_DEBUGCTLMSR: "3.15 kvm_get_msr_common reads 0; a write of 0, LBR or BTF is "
-                          "accepted, other bits #GP",
+    MSR_IA32_DEBUGCTLMSR: "3.x kvm_set_msr_common: a write of 0, or of LBR/BTF only "
+                          "(ignored), is accepted; any other bit #GP (reads: UNVERIFIED)",
 }
 
 
@@ -258,7 +258,7 @@ class MsrOracle:
                 return "absent-gp-counter"
         return "absent-msr"
 
-    def valid_bits(self, msr: int, idx: int = 0) -> int:
+    def valid_bits(self, msr: int) -> int:
         """Every bit the guest may set in a write of ``msr`` (0 if it may set none)."""
         k = self.kind(msr)
         if k is None or k[0] in ("unmodeled", "status", "perf_cap"):
@@ -326,7 +326,7 @@ class MsrOracle:
             if self.design in ("fixed", "icelake") and not is_canonical(value):
                 return Verdict(False, None, "non-canonical-ds-area")
             return Verdict(True, value, "ds-area")
-        valid = self.valid_bits(msr, idx)
+        valid = self.valid_bits(msr)
         # 2014 (and upstream for EVENTSEL) accept an unchanged value without a check
         unchanged_ok = kind == "evtsel" or (not self.upstream and kind in ("fixed_ctrl", "ctrl"))
         if value & ~valid and not (unchanged_ok and value == current):
@@ -353,7 +353,7 @@ class MsrOracle:
             "status": self.counters | STATUS_EXTRA, "ds": U64,
         }.get(kind)
         if allowed is None:
-            allowed = self.valid_bits(msr, idx)
+            allowed = self.valid_bits(msr)
         bad = value & ~allowed
         if kind == "ds" and self.design in ("fixed", "icelake") and not is_canonical(value):
             bad = value
