@@ -190,6 +190,22 @@ def test_the_sweep_reports_what_a_direct_reproduction_of_fixed_counter_3_shows()
     assert M.MSR_CORE_PERF_FIXED_CTR3 in c.swept
 
 
+def test_the_debugger_view_walks_like_the_guest_and_changes_nothing():
+    from pebslab.fuzz.invariants import walk, read_virt
+    host = pl.Host(frames=1024)
+    vm = host.create_vm(design="patch", memory_pages=128)
+    g = pl.GuestKernel(vm)
+    gva = g.mm.alloc(3)
+    g.write(gva + 4096 + 8, b"pebslab!")
+    g.mm.unmap(gva + 2 * 4096)
+    rows = len(vm.trace.array)
+    assert walk(vm, g.mm.cr3, gva + 4096 + 8) == g.mm.translate(gva + 4096 + 8)
+    assert read_virt(vm, g.mm.cr3, gva + 4096 + 8, 8) == b"pebslab!"
+    assert walk(vm, g.mm.cr3, gva + 2 * 4096) is None
+    assert walk(vm, g.mm.cr3, 1 << 47) is None                # non-canonical
+    assert len(vm.trace.array) == rows                        # no exits, no faults
+
+
 def test_invariant_checks_catch_a_planted_refcount_leak():
     c = _campaign()
     assert c.violations == []

@@ -972,9 +972,14 @@ class migrate:
         err = getattr(T.MIG, "MigrationError", ())
         new, out = host_call(c, lambda: T.MIG.restore_state(state, dest, None, order),
                              "restore_state", allowed=err)
+        if out == "ESCAPED":
+            # reported; the half-restored destination cannot be torn down: forget its host
+            c.hosts.remove(dest)
+            c.active_hosts.remove(dest)
+            return out
         if out != "ok":
             c.stats["MIGRATION_REFUSED"] += 1
-            return "MIGRATION_REFUSED" if out != "ESCAPED" else out
+            return "MIGRATION_REFUSED"
         c.all_vms.append(new)
         c.destroy_checked(src)
         rebind_guest(c.guest, new)

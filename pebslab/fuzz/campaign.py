@@ -349,7 +349,7 @@ class Campaign:
         except ActionTimeout as e:
             # the simulated host hung: the state is half-updated, stop this campaign
             self.aborted = True
-            frames = traceback.extract_tb(e.__traceback__)
+            frames = [f for f in traceback.extract_tb(e.__traceback__) if f.name != "_fire"]
             where = " <- ".join(f.name for f in frames[-4:])
             self.stats["HANG"] += 1
             self.violate("liveness", f"hang in {frames[-1].name if frames else '?'}",
@@ -480,6 +480,25 @@ def draw_config(rng: random.Random, profile: str, design=None, cpu=None) -> Camp
         vcpus=rng.choices((1, 2), (5, 1))[0],
         extra_autoload=rng.choices((0, 6, 7), (8, 1, 1))[0],
         runs=PROFILES[profile]["runs"])
+
+
+def warm_up() -> None:
+    """Compile (or load from the numba cache) the core before any watchdog runs.
+
+    pebslab only. A first ``vm.run`` compiles the run loop, which on a
+    loaded machine can take longer than the watchdog allows an action; a
+    short PEBS run on each design's favourite host does it outside any
+    campaign (worker processes forked afterwards inherit the compiled code).
+    """
+    from ..scenarios import manual_pebs
+    from .actions import WORKLOADS
+    for design, cpu in (("patch", "silvermont"), ("icelake", "icelake")):
+        host = Host(cpu=cpu, frames=512, seed=0)
+        vm = host.create_vm(design=design, memory_pages=96)
+        manual_pebs(GuestKernel(vm), buf_pages=2, period=97, event=0x00C0)
+        for w in WORKLOADS:
+            vm.run(w, 2000)
+        vm.destroy()
 
 
 def run_campaign(seed: int, index: int, profile: str, length: int, *, design=None, cpu=None,

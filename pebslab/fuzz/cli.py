@@ -20,7 +20,7 @@ from collections import Counter
 from ..kvm.designs import DESIGN_NAMES
 from ..hw import msr as M
 from . import _targets as T
-from .campaign import CPUS, PROFILES, Violation, run_campaign
+from .campaign import CPUS, PROFILES, Violation, run_campaign, warm_up
 from .oracle import MSR_IA32_DEBUGCTLMSR, pmu_msr_indices
 
 _SUMMARY_COLS = (
@@ -140,6 +140,7 @@ def run_fuzz(actions: int, seed: int = 0, profile: str = "long", *, design=None,
 
     def n_of(i):
         return length if campaign is not None else min(length, actions - i * length)
+    warm_up()
     t0 = time.perf_counter()
     if jobs > 1 and len(indices) > 1:
         import multiprocessing as mp

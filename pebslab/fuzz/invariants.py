@@ -77,7 +77,7 @@ def walk(vm, cr3: int, gva: int) -> int | None:
     for level, _, entry in walk_tables(read_entry, cr3, gva):
         if entry is None or not entry & 1:
             return None
-        if level == 1 or entry & 0x80:
+        if level == 1 or (level <= 3 and entry & 0x80):     # PS: a 1 GiB / 2 MiB leaf
             return leaf_gpa(level, entry, gva)
     return None  # pragma: no cover - walk_tables always ends at a leaf or a hole
 
