@@ -21,7 +21,6 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_sta
 
 import pebslab as pl
 from pebslab import fuzz as F
-from pebslab.fuzz import actions as A
 from pebslab.hw import msr as M
 from test_fuzz_bugs import TOLERATED
 

@@ -17,7 +17,6 @@ import signal
 import pytest
 
 import pebslab as pl
-from pebslab import fuzz as F
 from pebslab import scenarios as S
 from pebslab.fuzz import _targets as T
 from pebslab.hw import msr as M
