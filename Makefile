@@ -41,9 +41,11 @@ bench: $(STAMP)
 	$(PY) bench/bench_core.py
 	$(PY) bench/bench_explorers.py
 
-## Long property campaigns over every design and CPU model (>= 100,000 actions).
+## Long property campaigns over every design and CPU model (>= 100,000 actions), each
+## ending with a sweep of every PMU MSR index; FUZZ_JOBS=2 uses two worker processes.
+FUZZ_JOBS ?= 1
 fuzz: $(STAMP)
-	$(PY) -m pebslab.fuzz --actions 100000 --profile long
+	$(PY) -m pebslab.fuzz --actions 100000 --profile long --jobs $(FUZZ_JOBS)
 
 clean:
 	rm -rf $(VENV) .numba_cache .pytest_cache .hypothesis

@@ -162,7 +162,7 @@ DEMOS = {
 
 
 def test_every_fix_is_demonstrated_here_or_in_migration_tests():
-    # dirty_log_skips_pinned is shown in tests/test_kvm_migration.py
+    # dirty_log_skips_pinned is shown in tests/test_vmm_migrate.py
     assert set(FIXES) - {"dirty_log_skips_pinned"} == set(DEMOS)
 
 
