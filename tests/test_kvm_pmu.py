@@ -276,14 +276,32 @@ def test_kvm_exposes_at_most_pmu_version_2_and_three_fixed_counters(design):
     assert v.pmu.version == 2 and v.pmu.nr_arch_fixed_counters == 3
 
 
-def test_fourth_fixed_counter_is_gp_never_an_index_error():
-    # issue 9 item 1: FIXED_CTR3 (0x30c), FIXED_CTR_CTRL bits 15:12, GLOBAL_CTRL bit 35: #GP
-    v = vcpu_of("icelake", "icelake")
+@pytest.mark.parametrize("design", ["patch", "review", "fixed", "icelake"])
+def test_fourth_fixed_counter_is_gp_never_an_index_error(design):
+    # issue 9 item 1: FIXED_CTR3 (0x30c), FIXED_CTR_CTRL bits 15:12, GLOBAL_CTRL bit 35 and
+    # PEBS_ENABLE bit 35 are #GP: KVM backs only fixed_pmc_events[0..2]
+    v = vcpu_of(design, "icelake")
     gp(v.rdmsr, M.MSR_CORE_PERF_FIXED_CTR0 + 3)
     gp(v.wrmsr, M.MSR_CORE_PERF_FIXED_CTR0 + 3, 1)
     gp(v.wrmsr, M.MSR_CORE_PERF_FIXED_CTR_CTRL, 0xB << 12)
     gp(v.wrmsr, M.MSR_CORE_PERF_GLOBAL_CTRL, 1 << 35)
     gp(v.wrmsr, M.MSR_IA32_PEBS_ENABLE, 1 << 35)
+
+
+def test_no_design_can_expose_a_fixed_counter_kvm_cannot_back():
+    assert len(kpmu.FIXED_PMC_EVENTS) == 3
+    with pytest.raises(ValueError, match="max_fixed_counters must be in 0..3; got 4"):
+        pl.get_design("icelake", max_fixed_counters=4)
+
+
+def test_reserved_bits_of_every_pmu_msr_are_gp_on_every_design():
+    # issue 9 item 1: a reserved bit of FIXED_CTR_CTRL / GLOBAL_CTRL / PEBS_ENABLE is a #GP
+    for design, cpu in (("patch", "silvermont"), ("review", "silvermont"),
+                        ("fixed", "silvermont"), ("icelake", "icelake")):
+        v = vcpu_of(design, cpu)
+        for msr, bit in ((M.MSR_CORE_PERF_FIXED_CTR_CTRL, 2), (M.MSR_CORE_PERF_FIXED_CTR_CTRL, 48),
+                         (M.MSR_CORE_PERF_GLOBAL_CTRL, 40), (M.MSR_IA32_PEBS_ENABLE, 62)):
+            gp(v.wrmsr, msr, 1 << bit)
 
 
 def test_userspace_cpuid_above_the_cap_is_capped_too():

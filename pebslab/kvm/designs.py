@@ -119,8 +119,9 @@ class Design:
             if f.type in ("bool", bool) and not isinstance(getattr(self, f.name), bool):
                 raise TypeError(f"{f.name} must be a bool; got "
                                 f"{type(getattr(self, f.name)).__name__} {getattr(self, f.name)!r}")
+        # KVM backs a fixed counter with arch_events[fixed_pmc_events[i]]: 3 entries
         for name, lo, hi in (("pin_limit", 1, 4096), ("pmu_version_cap", 1, 5),
-                             ("max_fixed_counters", 0, 4)):
+                             ("max_fixed_counters", 0, 3)):
             check_int(name, getattr(self, name), lo, hi)
 
     def diff(self, other: "Design") -> dict[str, tuple]:
