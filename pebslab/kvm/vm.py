@@ -394,6 +394,8 @@ class VM:
         self.exit_counts: dict[str, int] = {}
         self.perf_events_created = 0
         self.host_faults: list[str] = []
+        #: set by a failed VM entry: {"reason", "qualification", "msr", "value"}
+        self.entry_failure: dict | None = None
         self.dirty_log = DirtyLog(self)
         self._in_track = False
         #: called on every host timer tick with (vm, vcpu); the Host installs memory pressure here
@@ -547,7 +549,11 @@ class VM:
             if self.crashed:
                 break
             vmx.vmx_prepare_msrs(v)
-            vmx.vm_entry(v)
+            failed = vmx.vm_entry(v)
+            if failed:
+                vmx.vm_exit(v)           # 26.7: host state and the exit-load list
+                self._fail_entry(v, failed)
+                break
             core.regs[C.R_TIMER_DEADLINE] = np.uint64((core.tsc // TICK_CYCLES + 1) * TICK_CYCLES)
             before = int(core.regs[C.R_RETIRED])
             reason = core.run(workload, left, self.host_mm.mem, self.ept)
@@ -623,6 +629,26 @@ class VM:
         """The host's PMI (NMI) handler on the guest's pCPU (:func:`perf_hw.intel_pmu_handle_irq`)."""
         ip = int(workload.ip[v.core.rip])
         perf_hw.intel_pmu_handle_irq(v.core, v.pcpu.perf, ip, v.trace)
+
+    def _fail_entry(self, v: VCPU, entry: int) -> None:
+        """A failed VM entry: KVM returns KVM_EXIT_FAIL_ENTRY and the VMM stops the VM.
+
+        Models vmx_handle_exit()'s failed-entry path (exit reason with
+        VMX_EXIT_REASONS_FAILED_VMENTRY -> KVM_EXIT_FAIL_ENTRY with
+        hardware_entry_failure_reason) and QEMU's reaction ("KVM: entry
+        failed, hardware error 0x80000022"; the VM stops). The host is
+        unharmed: its state was loaded back as on a VM exit (FACTS g.4).
+        """
+        msr, value = v.autoload.guest[entry - 1]
+        reason = vmx.EXIT_REASON_MSR_LOAD_FAIL
+        self.entry_failure = {"reason": reason, "qualification": entry, "msr": msr,
+                              "value": value}
+        self.exit_counts["FAIL_ENTRY"] = self.exit_counts.get("FAIL_ENTRY", 0) + 1
+        v.trace("VMEXIT", msr=msr, value=value,
+                info=f"VM-entry failure {reason:#x}: MSR-load entry {entry} "
+                     f"({M.msr_name(msr)}={value:#x}) would #GP")
+        self.crash(f"KVM: entry failed, hardware error {reason:#x} (MSR-load entry {entry}: "
+                   f"{M.msr_name(msr)}={value:#x}); the VMM stops the VM")
 
     def _pebs_fault(self, v: VCPU) -> None:
         info = int(v.core.regs[C.R_EXIT_INFO])
