@@ -435,6 +435,24 @@ def kvm_pmu_get_msr(vcpu, index: int) -> int:
     raise GuestFault("#GP", msr=index)
 
 
+def kvm_pmu_read_pmc(vcpu, ecx: int) -> int:
+    """RDPMC: the counter ECX names, or #GP (kvm_pmu_check_pmc + kvm_pmu_read_pmc).
+
+    Bit 30 of ECX selects the fixed counters, bit 31 the 32-bit fast read;
+    an index at or past the guest's counters is a #GP (2014 pmu.c).
+    """
+    pmu = vcpu.pmu
+    fast = bool(ecx >> 31 & 1)
+    fixed = bool(ecx >> 30 & 1)
+    idx = ecx & ~(3 << 30)
+    counters = pmu.fixed_counters if fixed else pmu.gp_counters
+    if idx >= len(counters):
+        raise GuestFault("#GP", value=ecx, reason=f"RDPMC of {'fixed ' if fixed else ''}counter "
+                                                   f"{idx}, which the guest does not have")
+    value = read_pmc(vcpu, counters[idx])
+    return value & 0xFFFFFFFF if fast else value
+
+
 def pebs_enable_valid(vcpu) -> int:
     """Bits a guest may set in PEBS_ENABLE (the complement of ``pmu.pebs_enable_mask``)."""
     return ~vcpu.pmu.pebs_enable_mask & U64_MASK

@@ -26,7 +26,7 @@ from ..hw.mmu import (EPT_ADDR_MASK, EPT_R, PTE_P, PTE_RW, XLATE_EPT, XLATE_PF, 
                       walk_tables)
 from ..hw.models import CpuModel
 from ..trace import Trace
-from . import pebs_pin, pmu as kpmu, vmx
+from . import pebs_pin, pmu as kpmu, vmx, x86
 from .cpuid import kvm_filter_cpuid
 from .dirty_log import DirtyLog
 from .._check import check_int as _check_int
@@ -179,6 +179,7 @@ class VCPU:
         self.pmis_injected = 0
         kpmu.kvm_pmu_init(self)
         kpmu.kvm_pmu_cpuid_update(self)     # KVM_SET_CPUID2 with the VM's CPUID
+        x86.kvm_misc_enable_refresh(self)
 
     # ---- facts the KVM code asks for -------------------------------------------
     @property
@@ -232,7 +233,7 @@ class VCPU:
         self._check_alive()
         self._exit("MSR_READ", self.vm.costs.vmexit + self.vm.costs.msr_emulation, msr=index)
         try:
-            value = kpmu.kvm_pmu_get_msr(self, index)
+            value = x86.kvm_get_msr(self, index)
         except GuestFault as e:
             self.trace("GP", msr=index, info=str(e))
             raise
@@ -247,11 +248,29 @@ class VCPU:
         self._exit("MSR_WRITE", self.vm.costs.vmexit + self.vm.costs.msr_emulation,
                    msr=index, value=value)
         try:
-            kpmu.kvm_pmu_set_msr(self, index, value)
+            x86.kvm_set_msr(self, index, value)
         except GuestFault as e:
             self.trace("GP", msr=index, value=value, info=str(e))
             raise
         self.trace("MSR_WRITE", msr=index, value=value, info=M.msr_name(index))
+
+    def rdpmc(self, ecx: int) -> int:
+        """RDPMC in the guest: exits to KVM (RDPMC exiting); the counter or #GP.
+
+        ``ecx``: the counter number, bit 30 for a fixed counter, bit 31 for
+        the 32-bit "fast" read (kvm_pmu_read_pmc). A counter the guest does
+        not have is a #GP.
+        """
+        _check_int("ecx", ecx, 0, (1 << 32) - 1)
+        self._check_alive()
+        self._exit("RDPMC", self.vm.costs.vmexit + self.vm.costs.msr_emulation)
+        try:
+            value = kpmu.kvm_pmu_read_pmc(self, ecx)
+        except GuestFault as e:
+            self.trace("GP", value=ecx, info=str(e))
+            raise
+        self.trace("MSR_READ", value=value, info=f"RDPMC ecx={ecx:#x}")
+        return value
 
     def cpuid(self, function: int) -> tuple[int, int, int, int]:
         """CPUID in the guest (always exits): the VM's CPUID table."""
