@@ -48,6 +48,16 @@ def test_icelake_guest_cannot_flip_the_vpmu_bits():
     assert v.rdmsr(M.MSR_IA32_MISC_ENABLE) == EMON | BTS_UNAVAIL | 1
 
 
+@pytest.mark.parametrize("design,cpu,pebs", [("patch", "silvermont", True),
+                                             ("review", "haswell", False),
+                                             ("fixed", "silvermont", True)])
+def test_misc_enable_pebs_unavail_tells_whether_the_guest_has_pebs(design, cpu, pebs):
+    v = vcpu_of(design, cpu)
+    value = v.rdmsr(M.MSR_IA32_MISC_ENABLE)
+    assert bool(value & PEBS_UNAVAIL) is not pebs
+    assert value & EMON and value & BTS_UNAVAIL
+
+
 def test_2014_misc_enable_is_plain_storage():
     # 3.15 kvm_set_msr_common: vcpu->arch.ia32_misc_enable_msr = data
     v = vcpu_of("patch")

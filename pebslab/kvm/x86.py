@@ -20,24 +20,20 @@ MISC_ENABLE_PMU_BITS = (M.MSR_IA32_MISC_ENABLE_EMON | M.MSR_IA32_MISC_ENABLE_BTS
 
 
 def kvm_misc_enable_refresh(vcpu) -> None:
-    """Set the vCPU's MISC_ENABLE at vCPU creation / CPUID update.
+    """Set the vCPU's MISC_ENABLE when it is created / its CPUID is set.
 
-    2014 (`patch`, `review`, `fixed`): nothing sets ia32_misc_enable_msr, so
-    a guest reads 0 (EMON clear, PEBS and BTS "available") until it writes
-    the MSR. ASSUMPTION: 3.15's struct kvm_vcpu_arch starts zeroed and no
-    reset path writes the field (the upstream reset value below came later).
-    Upstream (``upstream_msr_semantics``): kvm_vcpu_reset sets PEBS_UNAVAIL
-    | BTS_UNAVAIL; intel_pmu_refresh sets EMON when the vPMU has a version
-    (bef6ecca46ac) and clears PEBS_UNAVAIL when the guest's
-    PERF_CAPABILITIES has a PEBS format (d10551738f6a) (FACTS c.4).
+    Upstream (FACTS c.4): kvm_vcpu_reset starts from PEBS_UNAVAIL |
+    BTS_UNAVAIL; intel_pmu_refresh sets EMON when the vPMU has a version
+    (bef6ecca46ac) and clears PEBS_UNAVAIL when the guest has PEBS
+    (d10551738f6a). pebslab applies the same rule to every design, "the
+    guest has PEBS" being :func:`pebslab.kvm.pmu.pebs_msrs_visible`, so bit 12
+    tells a guest's init_intel() the truth. ASSUMPTION: what 3.15 put in
+    ia32_misc_enable_msr before the guest wrote it is UNVERIFIED.
     """
-    if not vcpu.design.upstream_msr_semantics:
-        vcpu.ia32_misc_enable_msr = 0
-        return
     value = M.MSR_IA32_MISC_ENABLE_BTS_UNAVAIL | M.MSR_IA32_MISC_ENABLE_PEBS_UNAVAIL
     if vcpu.pmu.version:
         value |= M.MSR_IA32_MISC_ENABLE_EMON
-    if vcpu.pmu.perf_capabilities & M.PERF_CAP_PEBS_FORMAT and kpmu.pebs_msrs_visible(vcpu):
+    if kpmu.pebs_msrs_visible(vcpu):
         value &= ~M.MSR_IA32_MISC_ENABLE_PEBS_UNAVAIL
     vcpu.ia32_misc_enable_msr = value
 
