@@ -19,6 +19,7 @@ import pytest
 
 import pebslab as pl
 from pebslab import scenarios as S
+from pebslab.hw import core as C
 from pebslab.hw import msr as M
 from pebslab.kvm import cpuid as kcpuid
 from pebslab.kvm import pebs_pin
@@ -363,3 +364,44 @@ def test_patch_reset_keeps_pins_destroy_releases_them():
     kpmu.kvm_pmu_destroy(vm.vcpus[0])
     assert vm.kvm.pmu.pinned_pages == []
     assert all(host.mm.refcount[f] == 1 for f in pinned)
+
+
+# --------------------------------------------------------------------------- a PMI at the VM exit
+
+def _counting_guest(design="patch", cpu="silvermont"):
+    _, vm, _ = make(design, cpu=cpu)
+    v = vm.vcpus[0]
+    pmis = []
+    v.set_pmi_handler(lambda vc, ip, cpl: pmis.append(vc.rdmsr(M.MSR_CORE_PERF_GLOBAL_STATUS)))
+    return vm, v, pmis
+
+
+@pytest.mark.parametrize("design,cpu", [("patch", "silvermont"), ("icelake", "icelake")])
+def test_an_overflow_just_before_an_exit_is_not_lost(design, cpu):
+    # issue 9 item 2: the counter overflows on the last instruction of the run (the PMI still
+    # in its skid), then the guest's next instruction is the WRMSR that clears GLOBAL_CTRL.
+    # The NMI is taken at that VM exit and the host's handler runs before KVM handles the
+    # WRMSR (and releases the event): GLOBAL_STATUS bit 0 is set and a PMI is injected.
+    vm, v, pmis = _counting_guest(design, cpu)
+    v.wrmsr(M.MSR_IA32_PERFCTR0, (-100) & 0xFFFF_FFFF)
+    v.wrmsr(M.MSR_P6_EVNTSEL0, M.encode_eventsel(0xC0, 0, int=True))
+    v.wrmsr(M.MSR_CORE_PERF_GLOBAL_CTRL, 1)
+    vm.run(HOT, 100)                      # instruction 100 overflows the counter
+    assert v.core.regs[C.R_SKID] > 0      # its PMI is still in the skid
+    v.wrmsr(M.MSR_CORE_PERF_GLOBAL_CTRL, 0)
+    assert v.rdmsr(M.MSR_CORE_PERF_GLOBAL_STATUS) & 1
+    vm.run(HOT, 10)                       # the PMI is injected at the next entry
+    assert len(pmis) == 1 and pmis[0] & 1
+
+
+def test_the_pending_pmi_is_taken_once():
+    vm, v, pmis = _counting_guest()
+    v.wrmsr(M.MSR_IA32_PERFCTR0, (-100) & 0xFFFF_FFFF)
+    v.wrmsr(M.MSR_P6_EVNTSEL0, M.encode_eventsel(0xC0, 0, int=True))
+    v.wrmsr(M.MSR_CORE_PERF_GLOBAL_CTRL, 1)
+    vm.run(HOT, 100)
+    v.rdmsr(M.MSR_CORE_PERF_GLOBAL_STATUS)          # the exit that takes it
+    v.wrmsr(M.MSR_CORE_PERF_GLOBAL_CTRL, 1)          # a second exit: nothing pending
+    assert len(vm.trace.of("PMI")) == 1 and v.pmi_pending and pmis == []
+    vm.run(HOT, 10)                                  # re-armed at -100: no new overflow
+    assert len(pmis) == 1 and len(vm.trace.of("PMI")) == 1

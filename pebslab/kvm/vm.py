@@ -223,9 +223,33 @@ class VCPU:
 
     # ---- the guest's instructions --------------------------------------------------
     def _exit(self, reason: str, cost: int, **kw) -> None:
+        """A VM exit: count it, charge it, trace it; then a PMI pending in the core is taken."""
         self.vm.exit_counts[reason] = self.vm.exit_counts.get(reason, 0) + 1
         self.charge(cost)
         self.trace("VMEXIT", cost=cost, info=reason, **kw)
+        self.take_pending_pmi()
+
+    def take_pending_pmi(self) -> None:
+        """A PMI still in its skid when the guest exits is taken now, before KVM handles the exit.
+
+        On hardware the PMI is an NMI; one that arrives in guest mode is taken
+        at the VM exit, and the host's handler (intel_pmu_handle_irq ->
+        kvm_perf_overflow_intr) runs before KVM looks at the exit reason.
+        Without this an overflow a few instructions before an exiting
+        instruction (the WRMSR that clears GLOBAL_CTRL after a loop) would
+        reach the host only after KVM had released its perf event: lost.
+        """
+        core = self.core
+        workload = self.vm.workload
+        if workload is None or int(core.regs[C.R_SKID]) == 0:
+            return
+        core.regs[C.R_SKID] = np.uint64(0)
+        core.regs[C.R_PMI_CAUSE] = np.uint64(0)
+        core.regs[C.R_PMI_COUNT] = np.uint64(int(core.regs[C.R_PMI_COUNT]) + 1)
+        ip = int(workload.ip[core.rip])
+        self.trace("PMI", value=int(core.regs[C.R_GLOBAL_STATUS]), gva=ip,
+                   info="hardware PMI pending at the VM exit: the host takes it first")
+        self.vm._host_pmi(self, workload)
 
     def rdmsr(self, index: int) -> int:
         """RDMSR in the guest: exits to KVM; returns the value or raises GuestFault (#GP)."""
