@@ -405,3 +405,35 @@ def test_the_pending_pmi_is_taken_once():
     assert len(vm.trace.of("PMI")) == 1 and v.pmi_pending and pmis == []
     vm.run(HOT, 10)                                  # re-armed at -100: no new overflow
     assert len(pmis) == 1 and len(vm.trace.of("PMI")) == 1
+
+
+# --------------------------------------------------------------------------- precise events on fixed counters
+
+def test_icelake_precise_fixed_counter_event_sits_on_its_own_fixed_counter():
+    # issue 9 item 5: with extended PEBS (PMU_FL_PEBS_ALL) host perf schedules a precise
+    # instructions event on fixed counter 0 when it is free, so the guest's FIXED_CTR0 is not
+    # cross-mapped (FACTS c.3: a cross-mapped counter loses guest PEBS) and it counts
+    from pebslab.kvm import vmx
+    host, vm, guest = make("icelake", cpu="icelake", frames=4096)
+    S.manual_pebs(guest, event=0x20D1)
+    v = vm.vcpus[0]
+    v.wrmsr(M.MSR_CORE_PERF_GLOBAL_CTRL, 1)
+    v.wrmsr(M.MSR_CORE_PERF_FIXED_CTR0, (-100_003) & v.pmu.counter_bitmask[1])
+    v.wrmsr(M.MSR_CORE_PERF_FIXED_CTR_CTRL, 0xB)
+    v.wrmsr(M.MSR_IA32_PEBS_ENABLE, 1 | 1 << 32)
+    v.wrmsr(M.MSR_CORE_PERF_GLOBAL_CTRL, 1 | 1 << 32)
+    ev = v.pmu.fixed_counters[0].perf_event
+    assert ev is not None and ev.attr.precise_ip and ev.hw_idx == 32
+    assert vmx.cross_mapped_mask(v) == 0
+    before = v.rdmsr(M.MSR_CORE_PERF_FIXED_CTR0)
+    vm.run(HOT, 50_000)
+    assert (v.rdmsr(M.MSR_CORE_PERF_FIXED_CTR0) - before) & v.pmu.counter_bitmask[1] >= 50_000
+
+
+def test_pre_icelake_precise_events_still_avoid_fixed_counters():
+    from pebslab.host.perf import HostPerf, PerfEventAttr, PERF_TYPE_HARDWARE
+    attr = PerfEventAttr(type=PERF_TYPE_HARDWARE, config=1, precise_ip=1)   # instructions:p
+    assert HostPerf(4, 3).create_kernel_counter(attr).hw_idx == 0
+    icx = HostPerf(8, 4, pebs_fixed_mask=0xF)
+    assert icx.create_kernel_counter(attr).hw_idx == 0          # a GP counter's event
+    assert icx.create_kernel_counter(attr, precise_fixed=True).hw_idx == 32

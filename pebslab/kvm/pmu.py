@@ -286,7 +286,8 @@ def reprogram_counter(vcpu, pmc: KvmPmc, type_: int, config: int, exclude_user: 
     if in_tx_cp:
         attr.config |= M.HSW_IN_TX_CHECKPOINTED
     handler = kvm_perf_overflow_intr if (intr or pebs) else kvm_perf_overflow
-    ev = vcpu.host_perf_create(attr, handler, (pmc, vcpu), pebs=pebs)
+    ev = vcpu.host_perf_create(attr, handler, (pmc, vcpu), pebs=pebs,
+                               fixed=pmc.type == KVM_PMC_FIXED)
     if ev is None:
         vcpu.trace("NOTE", info=f"kvm: pmu event creation failed for {pmc.name}")
         return

@@ -70,7 +70,7 @@ class PCpu:
     def __init__(self, cpu: CpuModel, seed: int, index: int):
         self.index = index
         self.core = C.Core(cpu, seed=seed)
-        self.perf = HostPerf(cpu.n_gp, cpu.n_fixed)
+        self.perf = HostPerf(cpu.n_gp, cpu.n_fixed, cpu.pebs_fixed_mask)
         self.core.regs[C.R_DS_AREA] = np.uint64(perf_hw.HOST_DS_AREA)
 
     def program_new(self) -> None:
@@ -336,13 +336,20 @@ class VCPU:
             raise ValueError("the VM has been destroyed")
 
     # ---- KVM's helpers used by pmu.py / pebs_pin.py -----------------------------------
-    def host_perf_create(self, attr, handler, context, pebs: bool) -> PerfEvent | None:
+    def host_perf_create(self, attr, handler, context, pebs: bool,
+                         fixed: bool = False) -> PerfEvent | None:
+        """perf_event_create_kernel_counter for a guest counter (guest-owned).
+
+        A PEBS event goes to a PEBS-capable GP counter, or - for a guest
+        fixed counter (``fixed``) - to the host fixed counter of the same
+        index when the CPU has PEBS there and it is free.
+        """
         perf = self.pcpu.perf
         mask = perf.all_gp_mask
         if pebs:
             mask &= self.host_cpu.pebs_counter_mask or perf.all_gp_mask
         ev = perf.create_kernel_counter(attr, handler, context, guest_owned=True,
-                                        counter_mask=mask, owner="kvm")
+                                        counter_mask=mask, owner="kvm", precise_fixed=fixed)
         self.charge(self.vm.costs.perf_event_create)
         self.vm.perf_events_created += 1
         if ev.hw_idx >= 0:
