@@ -437,3 +437,47 @@ def test_pre_icelake_precise_events_still_avoid_fixed_counters():
     icx = HostPerf(8, 4, pebs_fixed_mask=0xF)
     assert icx.create_kernel_counter(attr).hw_idx == 0          # a GP counter's event
     assert icx.create_kernel_counter(attr, precise_fixed=True).hw_idx == 32
+
+
+# --------------------------------------------------------------------------- adaptive records per counter
+
+def _record_sizes(vm):
+    return {int(i.split("-")[0]) for i in vm.trace.info_of("PEBS_WRITE")}
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_icelake_guest_adaptive_bit_reaches_the_host_counter(adaptive):
+    # issue 9 item 3 (KVM half): the guest's EVENTSEL bit 34 goes to the host counter, so the
+    # counter writes adaptive records with the groups of the guest's PEBS_DATA_CFG (basic 32 +
+    # memory info 32 + GPRs 144 = 208 bytes, FACTS a.3) only when the guest asked for them
+    from pebslab.hw import pebs as P
+    host, vm, guest = make("icelake", cpu="icelake", frames=4096)
+    st = S.manual_pebs(guest, event=0x20D1, period=50, threshold_records=4)
+    v = vm.vcpus[0]
+    cfg = P.PEBS_DATACFG_MEMINFO | P.PEBS_DATACFG_GP
+    v.wrmsr(M.MSR_PEBS_DATA_CFG, cfg)
+    sel = v.rdmsr(M.MSR_P6_EVNTSEL0)
+    v.wrmsr(M.MSR_P6_EVNTSEL0, sel | (M.ICL_EVENTSEL_ADAPTIVE if adaptive else 0) | 0)
+    if not adaptive:
+        v.wrmsr(M.MSR_CORE_PERF_GLOBAL_CTRL, 0)
+        v.wrmsr(M.MSR_CORE_PERF_GLOBAL_CTRL, 1)          # recreate the event
+    ev = v.pmu.gp_counters[0].perf_event
+    assert ev.attr.precise_ip and ev.attr.adaptive is adaptive
+    vm.run(HOT, 200_000)
+    assert _record_sizes(vm) == ({P.adaptive_record_size(cfg)} if adaptive else {32})
+    assert st is not None
+
+
+def test_icelake_fixed_counter_adaptive_bit_reaches_the_host_counter():
+    host, vm, guest = make("icelake", cpu="icelake", frames=4096)
+    S.manual_pebs(guest, event=0x20D1)
+    v = vm.vcpus[0]
+    v.wrmsr(M.MSR_CORE_PERF_GLOBAL_CTRL, 0)
+    v.wrmsr(M.MSR_CORE_PERF_FIXED_CTR_CTRL, 0xB | M.ICL_FIXED_0_ADAPTIVE)
+    v.wrmsr(M.MSR_IA32_PEBS_ENABLE, 1 << 32)
+    v.wrmsr(M.MSR_CORE_PERF_GLOBAL_CTRL, 1 << 32)
+    ev = v.pmu.fixed_counters[0].perf_event
+    assert ev.attr.adaptive and ev.hw_idx == 32
+    vm.vcpus[0].pcpu.program_new()
+    from pebslab.hw import core as HC
+    assert int(v.core.regs[HC.R_FIXED_CTR_CTRL]) & M.ICL_FIXED_0_ADAPTIVE

@@ -73,6 +73,9 @@ class PerfEventAttr:
     exclude_host: bool = False
     exclude_guest: bool = False
     pinned: bool = False
+    #: pebslab: a precise event's counter writes adaptive records (host perf sets
+    #: ICL_EVENTSEL_ADAPTIVE / ICL_FIXED_0_ADAPTIVE); KVM sets it from the guest's bit
+    adaptive: bool = False
 
     def validate(self) -> None:
         """Raise TypeError/ValueError if a field is out of its range.
@@ -91,7 +94,7 @@ class PerfEventAttr:
         _check_int("attr.sample_period", self.sample_period, 0, (1 << 64) - 1)
         _check_int("attr.precise_ip", self.precise_ip, 0, 3)
         for name in ("exclude_user", "exclude_kernel", "exclude_host",
-                     "exclude_guest", "pinned"):
+                     "exclude_guest", "pinned", "adaptive"):
             v = getattr(self, name)
             if not isinstance(v, (bool, np.bool_)):
                 raise TypeError(f"attr.{name} must be a bool; got {type(v).__name__} {v!r}")
