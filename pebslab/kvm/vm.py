@@ -317,11 +317,21 @@ class VCPU:
         return self.core.tsc
 
     def load_cr3(self, gpa: int) -> None:
-        """MOV to CR3 (no exit with EPT): the guest's page-table root."""
+        """MOV to CR3: the guest's page-table root (no exit with EPT).
+
+        Under ``cr3_exiting_while_pebs`` (`fixed`) KVM turns CR3-load exiting
+        on while guest PEBS is enabled: the write exits (a control-register
+        access) and KVM pins the PEBS memory again through the new tables,
+        whose page-table pages the assist will walk now.
+        """
         _check_int("gpa", gpa, 0, self.vm.memory_pages * PAGE - 1)
+        old = self.cr3
         self.cr3 = gpa
         self.core.regs[C.R_CR3] = np.uint64(gpa)
         self.core.flush_tlb()
+        if self.design.cr3_exiting_while_pebs and self.pmu.pebs_enable and gpa != old:
+            self._exit("CR_ACCESS", self.vm.costs.vmexit, value=gpa)
+            self.vm.repin_pebs(self, f"CR3 load {old:#x} -> {gpa:#x} with PEBS on")
 
     def reset(self) -> None:
         """INIT/RESET of the vCPU (kvm_vcpu_reset -> kvm_pmu_reset)."""
@@ -541,19 +551,28 @@ class VM:
             for v in self.vcpus:
                 if v.pmu.pebs_enable and v.design.track_guest_page_tables:
                     v._exit("PAGE_TRACK", self.costs.page_track_exit)
-                    old = list(v.pmu.pinned_pages)
-                    pebs_pin.kvm_pmu_release_pin(v)
-                    ok = pebs_pin.pin_for_design(v)
-                    v.trace("NOTE", info=f"page-track: guest remapped PEBS memory; re-pinned "
-                                         f"{len(old)} -> {len(v.pmu.pinned_pages)} frames"
-                                         + ("" if ok else "; pinning FAILED: PEBS disabled"))
-                    if not ok:
-                        old_bits = v.pmu.pebs_enable
-                        v.pmu.pebs_enable = 0
-                        if v.design.reprogram_on_pebs_enable:
-                            kpmu._reprogram_bits(v, old_bits)
+                    self.repin_pebs(v, "page-track: guest remapped PEBS memory")
         finally:
             self._in_track = False
+
+    def repin_pebs(self, v: "VCPU", why: str) -> bool:
+        """Pin the vCPU's PEBS memory again as it is mapped now (`fixed`).
+
+        pebslab only (the design's page tracking and CR3 exiting). A pin that
+        fails keeps guest PEBS off (PEBS_ENABLE = 0, the counters
+        reprogrammed): the CPU must never write where nothing is pinned.
+        """
+        old = list(v.pmu.pinned_pages)
+        pebs_pin.kvm_pmu_release_pin(v)
+        ok = pebs_pin.pin_for_design(v)
+        v.trace("NOTE", info=f"{why}; re-pinned {len(old)} -> {len(v.pmu.pinned_pages)} frames"
+                             + ("" if ok else "; pinning FAILED: PEBS disabled"))
+        if not ok:
+            old_bits = v.pmu.pebs_enable
+            v.pmu.pebs_enable = 0
+            if v.design.reprogram_on_pebs_enable:
+                kpmu._reprogram_bits(v, old_bits)
+        return ok
 
     # ---- running ------------------------------------------------------------------------
     def crash(self, reason: str) -> None:
