@@ -183,6 +183,23 @@ class BareVCPU:
             raise
         self._trace("MSR_WRITE", msr=index, value=value, cost=WRMSR_CYCLES, info=msr_name(index))
 
+    def rdpmc(self, ecx: int) -> int:
+        """RDPMC: counter ECX (bit 30: fixed counter, bit 31: low 32 bits); #GP if absent.
+
+        SDM Vol. 2B RDPMC: an ECX naming no counter of this CPU is a #GP.
+        """
+        ecx = _check_int("ecx", ecx, 0, (1 << 32) - 1)
+        fixed = bool(ecx >> 30 & 1)
+        idx = ecx & ~(3 << 30)
+        m = self.machine.cpu
+        if idx >= (m.n_fixed if fixed else m.n_gp):
+            f = GuestFault("#GP", value=ecx, reason=f"RDPMC of {'fixed ' if fixed else ''}"
+                                                    f"counter {idx}, which {m.name} does not have")
+            self._trace("GP", value=ecx, info=f.reason)
+            raise f
+        value = self.core.counter(idx + (32 if fixed else 0))
+        return value & 0xFFFFFFFF if ecx >> 31 & 1 else value
+
     def cpuid(self, function: int) -> tuple[int, int, int, int]:
         """CPUID: return (eax, ebx, ecx, edx) of a leaf as the CPU reports it."""
         regs = self.machine.cpuid.leaf(function)

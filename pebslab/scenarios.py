@@ -110,9 +110,9 @@ def manual_pebs(guest, *, ds_offset: int = 0, buf_offset: int = 0, buf_pages: in
         st.pmis += 1
         status = vcpu_.rdmsr(M.MSR_CORE_PERF_GLOBAL_STATUS)
         d = st.debug_store()
-        n = (d.pebs_index - d.pebs_buffer_base) // rec_size
+        n = d.pebs_index - d.pebs_buffer_base      # bytes written (adaptive records vary)
         if n > 0:
-            raw = guest.read(d.pebs_buffer_base, n * rec_size)
+            raw = guest.read(d.pebs_buffer_base, n)
             recs = PEBS.decode(raw, fmt)
             for r in recs:
                 if fmt >= 4:   # adaptive: the basic group carries the eventing IP

@@ -23,6 +23,8 @@ PREREQ = {
     "track_guest_page_tables": {"pin": "fixed", "pin_limit": FIXED.pin_limit,
                                 "pin_page_tables": True},
     "pin_page_tables": {"pin": "fixed", "pin_limit": FIXED.pin_limit},
+    "cr3_exiting_while_pebs": {"pin": "fixed", "pin_limit": FIXED.pin_limit,
+                               "pin_page_tables": True},
 }
 
 
@@ -144,7 +146,20 @@ def _pebs_off_really_stops(knobs):
     return not res.crashed and vm.trace.of("PEBS_WRITE").size == 0
 
 
+def _survives_context_switch(knobs):
+    # a second address space sharing the kernel half (a copy of the PML4), then pressure:
+    # the assist walks the new PML4, which only a re-pin on the CR3 load protects
+    host, vm, g = vm_with(knobs)
+    S.manual_pebs(g, buf_pages=4, period=97, event=0x00C0)
+    pml4 = g.mm.alloc_phys(1)
+    vm.phys.write(pml4, vm.phys.read(g.mm.cr3, 4096))
+    vm.vcpus[0].load_cr3(pml4)
+    host.reclaim(1 << 20)
+    return not vm.run(HOT, 20_000).crashed
+
+
 DEMOS = {
+    "cr3_exiting_while_pebs": _survives_context_switch,
     "reprogram_on_pebs_enable": _pebs_off_really_stops,
     "pebs_msrs_gate": _hidden_pebs_gp,
     "pin": _last_page_pinned,

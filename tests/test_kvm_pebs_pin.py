@@ -198,3 +198,32 @@ def test_vm_gva_to_gpa_uses_the_guest_page_tables():
     # four levels of tables map a 4 KiB page: four table frames, the PML4 (CR3) first
     tables = vm.table_gfns(v.cr3, gva)
     assert len(tables) == 4 and tables[0] == v.cr3 >> 12
+
+
+# --------------------------------------------------------------------------- a context switch
+
+@pytest.mark.parametrize("design", ["patch", "fixed"])
+def test_cr3_load_with_pebs_on_exits_and_repins_only_under_fixed(design):
+    # issue 9 item 10: with EPT a MOV to CR3 does not exit; `fixed` turns CR3-load exiting on
+    # while PEBS is enabled and pins the new PML4 the assist will walk
+    host, vm, guest = make(design, frames=4096)
+    S.manual_pebs(guest, buf_pages=4, period=97, event=0x00C0)
+    v = vm.vcpus[0]
+    pml4 = guest.mm.alloc_phys(1)
+    vm.phys.write(pml4, vm.phys.read(guest.mm.cr3, 4096))
+    v.load_cr3(pml4)
+    new_frame = host.mm.hfn_of(vm.id, pml4 >> 12)
+    if design == "fixed":
+        assert vm.exit_counts.get("CR_ACCESS") == 1
+        assert new_frame in v.pmu.pinned_pages
+    else:
+        assert "CR_ACCESS" not in vm.exit_counts
+        assert new_frame not in v.pmu.pinned_pages
+
+
+def test_cr3_load_without_pebs_does_not_exit():
+    _, vm, guest = make("fixed")
+    pml4 = guest.mm.alloc_phys(1)
+    vm.phys.write(pml4, vm.phys.read(guest.mm.cr3, 4096))
+    vm.vcpus[0].load_cr3(pml4)
+    assert "CR_ACCESS" not in vm.exit_counts

@@ -19,6 +19,7 @@ import pytest
 
 import pebslab as pl
 from pebslab import scenarios as S
+from pebslab.hw import core as C
 from pebslab.hw import msr as M
 from pebslab.kvm import cpuid as kcpuid
 from pebslab.kvm import pebs_pin
@@ -276,14 +277,32 @@ def test_kvm_exposes_at_most_pmu_version_2_and_three_fixed_counters(design):
     assert v.pmu.version == 2 and v.pmu.nr_arch_fixed_counters == 3
 
 
-def test_fourth_fixed_counter_is_gp_never_an_index_error():
-    # issue 9 item 1: FIXED_CTR3 (0x30c), FIXED_CTR_CTRL bits 15:12, GLOBAL_CTRL bit 35: #GP
-    v = vcpu_of("icelake", "icelake")
+@pytest.mark.parametrize("design", ["patch", "review", "fixed", "icelake"])
+def test_fourth_fixed_counter_is_gp_never_an_index_error(design):
+    # issue 9 item 1: FIXED_CTR3 (0x30c), FIXED_CTR_CTRL bits 15:12, GLOBAL_CTRL bit 35 and
+    # PEBS_ENABLE bit 35 are #GP: KVM backs only fixed_pmc_events[0..2]
+    v = vcpu_of(design, "icelake")
     gp(v.rdmsr, M.MSR_CORE_PERF_FIXED_CTR0 + 3)
     gp(v.wrmsr, M.MSR_CORE_PERF_FIXED_CTR0 + 3, 1)
     gp(v.wrmsr, M.MSR_CORE_PERF_FIXED_CTR_CTRL, 0xB << 12)
     gp(v.wrmsr, M.MSR_CORE_PERF_GLOBAL_CTRL, 1 << 35)
     gp(v.wrmsr, M.MSR_IA32_PEBS_ENABLE, 1 << 35)
+
+
+def test_no_design_can_expose_a_fixed_counter_kvm_cannot_back():
+    assert len(kpmu.FIXED_PMC_EVENTS) == 3
+    with pytest.raises(ValueError, match="max_fixed_counters must be in 0..3; got 4"):
+        pl.get_design("icelake", max_fixed_counters=4)
+
+
+def test_reserved_bits_of_every_pmu_msr_are_gp_on_every_design():
+    # issue 9 item 1: a reserved bit of FIXED_CTR_CTRL / GLOBAL_CTRL / PEBS_ENABLE is a #GP
+    for design, cpu in (("patch", "silvermont"), ("review", "silvermont"),
+                        ("fixed", "silvermont"), ("icelake", "icelake")):
+        v = vcpu_of(design, cpu)
+        for msr, bit in ((M.MSR_CORE_PERF_FIXED_CTR_CTRL, 2), (M.MSR_CORE_PERF_FIXED_CTR_CTRL, 48),
+                         (M.MSR_CORE_PERF_GLOBAL_CTRL, 40), (M.MSR_IA32_PEBS_ENABLE, 62)):
+            gp(v.wrmsr, msr, 1 << bit)
 
 
 def test_userspace_cpuid_above_the_cap_is_capped_too():
@@ -345,3 +364,120 @@ def test_patch_reset_keeps_pins_destroy_releases_them():
     kpmu.kvm_pmu_destroy(vm.vcpus[0])
     assert vm.kvm.pmu.pinned_pages == []
     assert all(host.mm.refcount[f] == 1 for f in pinned)
+
+
+# --------------------------------------------------------------------------- a PMI at the VM exit
+
+def _counting_guest(design="patch", cpu="silvermont"):
+    _, vm, _ = make(design, cpu=cpu)
+    v = vm.vcpus[0]
+    pmis = []
+    v.set_pmi_handler(lambda vc, ip, cpl: pmis.append(vc.rdmsr(M.MSR_CORE_PERF_GLOBAL_STATUS)))
+    return vm, v, pmis
+
+
+@pytest.mark.parametrize("design,cpu", [("patch", "silvermont"), ("icelake", "icelake")])
+def test_an_overflow_just_before_an_exit_is_not_lost(design, cpu):
+    # issue 9 item 2: the counter overflows on the last instruction of the run (the PMI still
+    # in its skid), then the guest's next instruction is the WRMSR that clears GLOBAL_CTRL.
+    # The NMI is taken at that VM exit and the host's handler runs before KVM handles the
+    # WRMSR (and releases the event): GLOBAL_STATUS bit 0 is set and a PMI is injected.
+    vm, v, pmis = _counting_guest(design, cpu)
+    v.wrmsr(M.MSR_IA32_PERFCTR0, (-100) & 0xFFFF_FFFF)
+    v.wrmsr(M.MSR_P6_EVNTSEL0, M.encode_eventsel(0xC0, 0, int=True))
+    v.wrmsr(M.MSR_CORE_PERF_GLOBAL_CTRL, 1)
+    vm.run(HOT, 100)                      # instruction 100 overflows the counter
+    assert v.core.regs[C.R_SKID] > 0      # its PMI is still in the skid
+    v.wrmsr(M.MSR_CORE_PERF_GLOBAL_CTRL, 0)
+    assert v.rdmsr(M.MSR_CORE_PERF_GLOBAL_STATUS) & 1
+    vm.run(HOT, 10)                       # the PMI is injected at the next entry
+    assert len(pmis) == 1 and pmis[0] & 1
+
+
+def test_the_pending_pmi_is_taken_once():
+    vm, v, pmis = _counting_guest()
+    v.wrmsr(M.MSR_IA32_PERFCTR0, (-100) & 0xFFFF_FFFF)
+    v.wrmsr(M.MSR_P6_EVNTSEL0, M.encode_eventsel(0xC0, 0, int=True))
+    v.wrmsr(M.MSR_CORE_PERF_GLOBAL_CTRL, 1)
+    vm.run(HOT, 100)
+    v.rdmsr(M.MSR_CORE_PERF_GLOBAL_STATUS)          # the exit that takes it
+    v.wrmsr(M.MSR_CORE_PERF_GLOBAL_CTRL, 1)          # a second exit: nothing pending
+    assert len(vm.trace.of("PMI")) == 1 and v.pmi_pending and pmis == []
+    vm.run(HOT, 10)                                  # re-armed at -100: no new overflow
+    assert len(pmis) == 1 and len(vm.trace.of("PMI")) == 1
+
+
+# --------------------------------------------------------------------------- precise events on fixed counters
+
+def test_icelake_precise_fixed_counter_event_sits_on_its_own_fixed_counter():
+    # issue 9 item 5: with extended PEBS (PMU_FL_PEBS_ALL) host perf schedules a precise
+    # instructions event on fixed counter 0 when it is free, so the guest's FIXED_CTR0 is not
+    # cross-mapped (FACTS c.3: a cross-mapped counter loses guest PEBS) and it counts
+    from pebslab.kvm import vmx
+    host, vm, guest = make("icelake", cpu="icelake", frames=4096)
+    S.manual_pebs(guest, event=0x20D1)
+    v = vm.vcpus[0]
+    v.wrmsr(M.MSR_CORE_PERF_GLOBAL_CTRL, 1)
+    v.wrmsr(M.MSR_CORE_PERF_FIXED_CTR0, (-100_003) & v.pmu.counter_bitmask[1])
+    v.wrmsr(M.MSR_CORE_PERF_FIXED_CTR_CTRL, 0xB)
+    v.wrmsr(M.MSR_IA32_PEBS_ENABLE, 1 | 1 << 32)
+    v.wrmsr(M.MSR_CORE_PERF_GLOBAL_CTRL, 1 | 1 << 32)
+    ev = v.pmu.fixed_counters[0].perf_event
+    assert ev is not None and ev.attr.precise_ip and ev.hw_idx == 32
+    assert vmx.cross_mapped_mask(v) == 0
+    before = v.rdmsr(M.MSR_CORE_PERF_FIXED_CTR0)
+    vm.run(HOT, 50_000)
+    assert (v.rdmsr(M.MSR_CORE_PERF_FIXED_CTR0) - before) & v.pmu.counter_bitmask[1] >= 50_000
+
+
+def test_pre_icelake_precise_events_still_avoid_fixed_counters():
+    from pebslab.host.perf import HostPerf, PerfEventAttr, PERF_TYPE_HARDWARE
+    attr = PerfEventAttr(type=PERF_TYPE_HARDWARE, config=1, precise_ip=1)   # instructions:p
+    assert HostPerf(4, 3).create_kernel_counter(attr).hw_idx == 0
+    icx = HostPerf(8, 4, pebs_fixed_mask=0xF)
+    assert icx.create_kernel_counter(attr).hw_idx == 0          # a GP counter's event
+    assert icx.create_kernel_counter(attr, precise_fixed=True).hw_idx == 32
+
+
+# --------------------------------------------------------------------------- adaptive records per counter
+
+def _record_sizes(vm):
+    return {int(i.split("-")[0]) for i in vm.trace.info_of("PEBS_WRITE")}
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_icelake_guest_adaptive_bit_reaches_the_host_counter(adaptive):
+    # issue 9 item 3 (KVM half): the guest's EVENTSEL bit 34 goes to the host counter, so the
+    # counter writes adaptive records with the groups of the guest's PEBS_DATA_CFG (basic 32 +
+    # memory info 32 + GPRs 144 = 208 bytes, FACTS a.3) only when the guest asked for them
+    from pebslab.hw import pebs as P
+    host, vm, guest = make("icelake", cpu="icelake", frames=4096)
+    st = S.manual_pebs(guest, event=0x20D1, period=50, threshold_records=4)
+    v = vm.vcpus[0]
+    cfg = P.PEBS_DATACFG_MEMINFO | P.PEBS_DATACFG_GP
+    v.wrmsr(M.MSR_PEBS_DATA_CFG, cfg)
+    sel = v.rdmsr(M.MSR_P6_EVNTSEL0)
+    v.wrmsr(M.MSR_P6_EVNTSEL0, sel | (M.ICL_EVENTSEL_ADAPTIVE if adaptive else 0) | 0)
+    if not adaptive:
+        v.wrmsr(M.MSR_CORE_PERF_GLOBAL_CTRL, 0)
+        v.wrmsr(M.MSR_CORE_PERF_GLOBAL_CTRL, 1)          # recreate the event
+    ev = v.pmu.gp_counters[0].perf_event
+    assert ev.attr.precise_ip and ev.attr.adaptive is adaptive
+    vm.run(HOT, 200_000)
+    assert _record_sizes(vm) == ({P.adaptive_record_size(cfg)} if adaptive else {32})
+    assert st is not None
+
+
+def test_icelake_fixed_counter_adaptive_bit_reaches_the_host_counter():
+    host, vm, guest = make("icelake", cpu="icelake", frames=4096)
+    S.manual_pebs(guest, event=0x20D1)
+    v = vm.vcpus[0]
+    v.wrmsr(M.MSR_CORE_PERF_GLOBAL_CTRL, 0)
+    v.wrmsr(M.MSR_CORE_PERF_FIXED_CTR_CTRL, 0xB | M.ICL_FIXED_0_ADAPTIVE)
+    v.wrmsr(M.MSR_IA32_PEBS_ENABLE, 1 << 32)
+    v.wrmsr(M.MSR_CORE_PERF_GLOBAL_CTRL, 1 << 32)
+    ev = v.pmu.fixed_counters[0].perf_event
+    assert ev.attr.adaptive and ev.hw_idx == 32
+    vm.vcpus[0].pcpu.program_new()
+    from pebslab.hw import core as HC
+    assert int(v.core.regs[HC.R_FIXED_CTR_CTRL]) & M.ICL_FIXED_0_ADAPTIVE

@@ -112,3 +112,49 @@ def test_atomic_switch_perf_msrs_drops_entries_whose_values_agree():
     assert {m.msr for m in msrs} == {M.MSR_CORE_PERF_GLOBAL_CTRL, M.MSR_IA32_PEBS_ENABLE}
     assert all(m.host == m.guest == 0 for m in msrs)    # no perf events yet
     assert v.autoload.nr == 0
+
+
+# --------------------------------------------------------------------------- a failed VM entry
+
+NONCANONICAL = 0x0000_8000_0000_0000
+
+
+def test_noncanonical_ds_area_under_patch_fails_the_vm_entry_and_stops_the_vm():
+    # FACTS g.4: the patch stores DS_AREA unchecked and adds it to the MSR-load list; SDM 26.4:
+    # the load fails as a WRMSR would (#GP); 26.7: exit reason 0x80000022, qualification =
+    # the entry number from 1; KVM_EXIT_FAIL_ENTRY, QEMU stops the VM; the host survives
+    host, vm, _ = make("patch")
+    other = host.create_vm(design="patch", memory_pages=64)
+    v = vm.vcpus[0]
+    v.wrmsr(M.MSR_IA32_DS_AREA, NONCANONICAL)            # accepted
+    assert v.rdmsr(M.MSR_IA32_DS_AREA) == NONCANONICAL
+    res = vm.run(HOT, 10_000)
+    assert res.crashed and res.instructions == 0
+    assert vm.entry_failure["reason"] == 0x80000022
+    names = [g[0] for g in v.autoload.guest]
+    assert vm.entry_failure["qualification"] == names.index(M.MSR_IA32_DS_AREA) + 1
+    assert "0x80000022" in vm.crash_reason
+    assert v.core.rdmsr(M.MSR_IA32_DS_AREA) == perf_hw.HOST_DS_AREA    # host state back
+    assert vm.host_faults == []
+    assert other.run(HOT, 1_000).instructions == 1_000                  # the host goes on
+
+
+def test_noncanonical_ds_area_survives_a_guest_reset_under_patch():
+    # kvm_pmu_reset does not clear ds_area (the patch): a reset guest fails the same way
+    _, vm, _ = make("patch")
+    v = vm.vcpus[0]
+    v.wrmsr(M.MSR_IA32_DS_AREA, NONCANONICAL)
+    v.reset()
+    assert v.pmu.ds_area == NONCANONICAL
+    assert vm.run(HOT, 1_000).crashed and vm.entry_failure["reason"] == 0x80000022
+
+
+@pytest.mark.parametrize("design,cpu", [("fixed", "silvermont"), ("icelake", "icelake")])
+def test_noncanonical_ds_area_is_gp_under_fixed_and_icelake(design, cpu):
+    # upstream intel_pmu_set_msr: #GP if is_noncanonical_msr_address (8183a538cd95, FACTS c.4)
+    _, vm, _ = make(design, cpu=cpu)
+    v = vm.vcpus[0]
+    with pytest.raises(pl.GuestFault) as e:
+        v.wrmsr(M.MSR_IA32_DS_AREA, NONCANONICAL)
+    assert e.value.vector == "#GP"
+    assert not vm.run(HOT, 1_000).crashed and vm.entry_failure is None

@@ -459,3 +459,34 @@ def test_restored_core_resumes_where_it_stopped():
     new.run(WORKLOAD, 1)                              # same workload object: not restarted
     assert int(new.vcpus[0].core.regs[C.R_RIP]) == (rip + 1) % len(WORKLOAD)
     assert np.uint64(new.vcpus[0].cr3) == new.vcpus[0].core.regs[C.R_CR3]
+
+
+# --------------------------------------------------------------------------- the guest follows its VM
+
+def test_an_attached_guest_keeps_profiling_on_the_destination():
+    # issue 9 item 10: after restore_state the guest's memory, CR3 and PMI handler are in the
+    # destination VM; GuestKernel.attach moves the kernel object there too
+    from pebslab import scenarios as S
+    host = pl.Host(frames=2048)
+    vm = host.create_vm(design="fixed", memory_pages=512)
+    guest = pl.GuestKernel(vm)
+    st = S.manual_pebs(guest, buf_pages=4, period=97, event=0x00C0)
+    vm.run(WORKLOAD, 5_000)
+    before = len(st.samples)
+    dest = pl.Host(cpu="silvermont", frames=2048, seed=1)
+    new = MG.restore_state(MG.save_state(vm), dest)
+    vm.destroy()
+    guest.attach(new)
+    assert guest.machine is new and guest.mm.phys is new.phys and guest.perf.vcpu is new.vcpus[0]
+    res = new.run(WORKLOAD, 5_000)
+    assert res.pmis_injected > 0 and not res.crashed
+    assert len(st.samples) > before
+
+
+def test_attach_refuses_a_machine_of_another_size():
+    host = pl.Host(frames=2048)
+    guest = pl.GuestKernel(host.create_vm(memory_pages=512))
+    with pytest.raises(ValueError, match="machine must have the 512 pages"):
+        guest.attach(host.create_vm(memory_pages=256))
+    with pytest.raises(TypeError, match="machine must provide vcpus"):
+        guest.attach(object())

@@ -16,6 +16,14 @@ from .perf import GuestPerf
 __all__ = ["GuestKernel"]
 
 
+def _check_machine(machine) -> None:
+    for attr in ("vcpus", "phys", "trace", "run"):
+        if not hasattr(machine, attr):
+            raise TypeError(f"machine must provide vcpus, phys, trace and run "
+                            f"(docs/ARCHITECTURE.md); {type(machine).__name__} "
+                            f"has no {attr!r}")
+
+
 class GuestKernel:
     """A guest kernel booted on ``machine``: ``mm`` (page tables) and ``perf``.
 
@@ -27,16 +35,31 @@ class GuestKernel:
     """
 
     def __init__(self, machine):
-        for attr in ("vcpus", "phys", "trace", "run"):
-            if not hasattr(machine, attr):
-                raise TypeError(f"machine must provide vcpus, phys, trace and run "
-                                f"(docs/ARCHITECTURE.md); {type(machine).__name__} "
-                                f"has no {attr!r}")
+        _check_machine(machine)
         self.machine = machine
         self.mm = GuestMM(machine.phys)
         for vcpu in machine.vcpus:
             vcpu.load_cr3(self.mm.cr3)
         self.perf = GuestPerf(self)
+
+    def attach(self, machine) -> None:
+        """Go on running on ``machine``: the VM this kernel's memory now lives in.
+
+        pebslab only. After a migration (pebslab.vmm.migrate.restore_state) the
+        guest's memory, CR3 and PMI handler are in the destination VM, but
+        this Python object still points at the source; ``attach`` moves the
+        kernel's view of its machine (memory manager, perf driver) to the
+        destination. The machine must have as many pages as the kernel
+        manages; nothing is written to it (CR3 and handlers came with the state).
+        """
+        _check_machine(machine)
+        if machine.phys.pages != self.mm.pages:
+            raise ValueError(f"machine must have the {self.mm.pages} pages this kernel manages; "
+                             f"got {machine.phys.pages}")
+        self.machine = machine
+        self.mm.phys = machine.phys
+        self.perf.machine = machine
+        self.perf.vcpu = machine.vcpus[0]
 
     @property
     def vcpus(self):

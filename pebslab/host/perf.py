@@ -73,6 +73,9 @@ class PerfEventAttr:
     exclude_host: bool = False
     exclude_guest: bool = False
     pinned: bool = False
+    #: pebslab: a precise event's counter writes adaptive records (host perf sets
+    #: ICL_EVENTSEL_ADAPTIVE / ICL_FIXED_0_ADAPTIVE); KVM sets it from the guest's bit
+    adaptive: bool = False
 
     def validate(self) -> None:
         """Raise TypeError/ValueError if a field is out of its range.
@@ -91,7 +94,7 @@ class PerfEventAttr:
         _check_int("attr.sample_period", self.sample_period, 0, (1 << 64) - 1)
         _check_int("attr.precise_ip", self.precise_ip, 0, 3)
         for name in ("exclude_user", "exclude_kernel", "exclude_host",
-                     "exclude_guest", "pinned"):
+                     "exclude_guest", "pinned", "adaptive"):
             v = getattr(self, name)
             if not isinstance(v, (bool, np.bool_)):
                 raise TypeError(f"attr.{name} must be a bool; got {type(v).__name__} {v!r}")
@@ -123,6 +126,8 @@ class PerfEvent:
         self.error = False
         self.released = False
         self.overflows = 0
+        #: a precise event that may take the fixed counter it counts (see HostPerf._fixed_slot)
+        self.precise_fixed = False
 
     @property
     def state(self) -> str:
@@ -180,9 +185,12 @@ class HostPerf:
     counter when it is created, or waits (INACTIVE) until one is released.
     """
 
-    def __init__(self, n_gp: int, n_fixed: int):
+    def __init__(self, n_gp: int, n_fixed: int, pebs_fixed_mask: int = 0):
         self.n_gp = _check_int("n_gp", n_gp, 1, INTEL_PMC_IDX_FIXED)
         self.n_fixed = _check_int("n_fixed", n_fixed, 0, 16)
+        #: fixed counters that can do PEBS (extended PEBS, Ice Lake: bit i = fixed i)
+        self.pebs_fixed_mask = _check_int("pebs_fixed_mask", pebs_fixed_mask, 0,
+                                          (1 << self.n_fixed) - 1)
         self._events: list[PerfEvent] = []
         self._by_idx: dict[int, PerfEvent] = {}
 
@@ -191,18 +199,27 @@ class HostPerf:
         """Return the bitmask of every GP counter."""
         return (1 << self.n_gp) - 1
 
-    def _fixed_slot(self, attr: PerfEventAttr) -> int:
-        """Return the fixed counter index (32+i) this event may use, or -1."""
-        if attr.type != PERF_TYPE_HARDWARE or attr.precise_ip != 0:
+    def _fixed_slot(self, attr: PerfEventAttr, allow_precise: bool = False) -> int:
+        """Return the fixed counter index (32+i) this event may use, or -1.
+
+        A precise event may use fixed counter i only where the CPU has PEBS on
+        it (extended PEBS: intel_pebs_constraints() returns no PEBS constraint
+        with PMU_FL_PEBS_ALL, so the event's fixed-counter constraint holds)
+        and its creator allows it (KVM, for a guest fixed counter: the host
+        counter of the same index, so it is not cross-mapped).
+        """
+        if attr.type != PERF_TYPE_HARDWARE:
             return -1
         i = FIXED_COUNTER_EVENTS.get(int(attr.config), -1)
         if i < 0 or i >= self.n_fixed:
+            return -1
+        if attr.precise_ip and not (allow_precise and self.pebs_fixed_mask >> i & 1):
             return -1
         return INTEL_PMC_IDX_FIXED + i
 
     def _place(self, ev: PerfEvent) -> int:
         """Return a free hardware counter for ``ev``, or -1."""
-        fixed = self._fixed_slot(ev.attr)
+        fixed = self._fixed_slot(ev.attr, ev.precise_fixed)
         if fixed >= 0 and fixed not in self._by_idx:
             return fixed
         for i in range(self.n_gp):
@@ -222,7 +239,7 @@ class HostPerf:
                               handler: Callable[[PerfEvent, int], Any] | None = None,
                               context: Any = None, guest_owned: bool = False,
                               counter_mask: int | None = None,
-                              owner: str = "kvm") -> PerfEvent:
+                              owner: str = "kvm", precise_fixed: bool = False) -> PerfEvent:
         """Create an in-kernel perf event and put it on a hardware counter if one is free.
 
         Models perf_event_create_kernel_counter() in kernel/events/core.c
@@ -234,7 +251,9 @@ class HostPerf:
         Silvermont is PMC0 only, so pass 0x1). With none free the event
         exists but is not counting (hw_idx -1); a pinned one is in ERROR.
         ``owner`` is 'kvm' (backs a guest counter) or 'host' (the host's
-        own perf or the NMI watchdog).
+        own perf or the NMI watchdog). ``precise_fixed``: a precise event
+        may take its fixed counter too, where the CPU has PEBS on it
+        (``pebs_fixed_mask``; extended PEBS).
         """
         if not isinstance(attr, PerfEventAttr):
             raise TypeError(f"attr must be a PerfEventAttr; got {type(attr).__name__}")
@@ -252,6 +271,7 @@ class HostPerf:
         counter_mask = _check_int("counter_mask", counter_mask, 1, self.all_gp_mask)
         ev = PerfEvent(self, dataclasses.replace(attr), handler, context,
                        bool(guest_owned), owner, counter_mask)
+        ev.precise_fixed = bool(precise_fixed)
         self._events.append(ev)
         self._schedule(ev)
         return ev

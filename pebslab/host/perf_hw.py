@@ -36,6 +36,10 @@ INTEL_PERFMON_EVENT_MAP = {
 #: cpu_entry_area (FACTS a.4). ASSUMPTION: this exact address.
 HOST_DS_AREA = 0xFFFFFE0000001000
 
+#: one fixed counter's bits of FIXED_CTR_CTRL (at 4*i): OS, USR, AnyThread, PMI, and the
+#: adaptive-record bit 32
+_FIXED_FIELD = 0xF | M.ICL_FIXED_0_ADAPTIVE
+
 
 def hw_config(ev: PerfEvent) -> int:
     """The event-select value host perf writes for an event (without EN/INT)."""
@@ -81,14 +85,17 @@ def program_event(core: C.Core, ev: PerfEvent) -> None:
         sel = hw_config(ev) | M.ARCH_PERFMON_EVENTSEL_ENABLE
         if sampling:
             sel |= M.ARCH_PERFMON_EVENTSEL_INT
+        if ev.attr.precise_ip and ev.attr.adaptive:
+            sel |= M.ICL_EVENTSEL_ADAPTIVE
         core.regs[C.R_EVTSEL0 + idx] = np.uint64(sel)
         core.regs[C.R_PMC0 + idx] = np.uint64(preset)
     else:
         f = idx - M.INTEL_PMC_IDX_FIXED
         bits = (0 if ev.attr.exclude_kernel else M.INTEL_FIXED_0_KERNEL) | \
                (0 if ev.attr.exclude_user else M.INTEL_FIXED_0_USER) | \
-               (M.INTEL_FIXED_0_ENABLE_PMI if sampling else 0)
-        ctrl = int(core.regs[C.R_FIXED_CTR_CTRL]) & ~(0xF << (4 * f))
+               (M.INTEL_FIXED_0_ENABLE_PMI if sampling else 0) | \
+               (M.ICL_FIXED_0_ADAPTIVE if ev.attr.precise_ip and ev.attr.adaptive else 0)
+        ctrl = int(core.regs[C.R_FIXED_CTR_CTRL]) & ~(_FIXED_FIELD << (4 * f))
         core.regs[C.R_FIXED_CTR_CTRL] = np.uint64(ctrl | bits << (4 * f))
         core.regs[C.R_FIXED0 + f] = np.uint64(preset)
     ev.hw = HwState(last=preset)
@@ -104,7 +111,7 @@ def unprogram_event(core: C.Core, idx: int) -> None:
     else:
         f = idx - M.INTEL_PMC_IDX_FIXED
         core.regs[C.R_FIXED_CTR_CTRL] = np.uint64(int(core.regs[C.R_FIXED_CTR_CTRL])
-                                                  & ~(0xF << (4 * f)))
+                                                  & ~(_FIXED_FIELD << (4 * f)))
         core.regs[C.R_FIXED0 + f] = np.uint64(0)
 
 

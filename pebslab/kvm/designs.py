@@ -37,6 +37,9 @@ class Design:
     #: track writes to the guest page-table pages that map DS and buffer
     #: (KVM page tracking) and re-pin when the guest remaps them
     track_guest_page_tables: bool = False
+    #: exit on MOV to CR3 while guest PEBS is enabled (CR3-load exiting) and re-pin through
+    #: the new page tables (the patch: a context switch leaves the old tables pinned)
+    cr3_exiting_while_pebs: bool = False
     #: also pin the guest page-table pages the CPU walks to reach DS and buffer
     #: (the assist translates through them; the patch pins only the data pages)
     pin_page_tables: bool = False
@@ -119,8 +122,9 @@ class Design:
             if f.type in ("bool", bool) and not isinstance(getattr(self, f.name), bool):
                 raise TypeError(f"{f.name} must be a bool; got "
                                 f"{type(getattr(self, f.name)).__name__} {getattr(self, f.name)!r}")
+        # KVM backs a fixed counter with arch_events[fixed_pmc_events[i]]: 3 entries
         for name, lo, hi in (("pin_limit", 1, 4096), ("pmu_version_cap", 1, 5),
-                             ("max_fixed_counters", 0, 4)):
+                             ("max_fixed_counters", 0, 3)):
             check_int(name, getattr(self, name), lo, hi)
 
     def diff(self, other: "Design") -> dict[str, tuple]:
@@ -135,6 +139,7 @@ REVIEW = replace(PATCH, name="review", pebs_msrs_gate="guest_cpuid")
 FIXED = replace(
     REVIEW, name="fixed", pin="fixed", pin_limit=33, repin_on_ds_area_write=True,
     track_guest_page_tables=True, pin_page_tables=True, pin_failure="gp",
+    cr3_exiting_while_pebs=True,
     reprogram_on_pebs_enable=True, pebs_enable_mask="model",
     ds_area_canonical_check=True, reset_clears_pebs=True, ds_area_clear_on_zero=True,
     autoload_full="disable_pebs", dirty_log_skips_pinned=True, restore_defers_pmu=True,
@@ -161,6 +166,9 @@ FIXES = {
                               "pins and leaves the new area unpinned)",
     "track_guest_page_tables": "write-track the guest page-table pages that map DS and buffer and "
                                "re-pin when the guest remaps them",
+    "cr3_exiting_while_pebs": "a MOV to CR3 while PEBS is on exits and re-pins through the new "
+                              "page tables, so a context switch does not leave the assist "
+                              "walking unpinned tables",
     "pin_page_tables": "pin the guest page-table pages the PEBS assist walks; the patch pins "
                        "only the data pages, so reclaiming a page-table page crashes the guest",
     "reprogram_on_pebs_enable": "a PEBS_ENABLE change reprograms the counters it flips, so "

@@ -268,25 +268,28 @@ def stop_counter(vcpu, pmc: KvmPmc) -> None:
 
 def reprogram_counter(vcpu, pmc: KvmPmc, type_: int, config: int, exclude_user: bool,
                       exclude_kernel: bool, intr: bool, in_tx: bool, in_tx_cp: bool,
-                      pebs: bool) -> None:
+                      pebs: bool, adaptive: bool = False) -> None:
     """Create the host perf event that backs a guest counter.
 
     Models reprogram_counter() with the patch: sample_period from the
     counter value, precise_ip = 1 for PEBS counters, the interrupting
-    handler for `intr || pebs`, and a guest-owned event.
+    handler for `intr || pebs`, and a guest-owned event. ``adaptive``
+    (`icelake`): the guest counter's adaptive-record bit, passed to the
+    host counter so its records have the layout the guest asked for.
     """
     attr = P.PerfEventAttr(
         type=type_, config=config, exclude_user=bool(exclude_user),
         exclude_kernel=bool(exclude_kernel), exclude_host=True, pinned=True,
         sample_period=(-pmc.counter) & pmc_bitmask(vcpu.pmu, pmc),
-        precise_ip=1 if pebs else 0,
+        precise_ip=1 if pebs else 0, adaptive=bool(pebs and adaptive),
     )
     if in_tx:
         attr.config |= M.HSW_IN_TX
     if in_tx_cp:
         attr.config |= M.HSW_IN_TX_CHECKPOINTED
     handler = kvm_perf_overflow_intr if (intr or pebs) else kvm_perf_overflow
-    ev = vcpu.host_perf_create(attr, handler, (pmc, vcpu), pebs=pebs)
+    ev = vcpu.host_perf_create(attr, handler, (pmc, vcpu), pebs=pebs,
+                               fixed=pmc.type == KVM_PMC_FIXED)
     if ev is None:
         vcpu.trace("NOTE", info=f"kvm: pmu event creation failed for {pmc.name}")
         return
@@ -331,14 +334,17 @@ def reprogram_gp_counter(vcpu, pmc: KvmPmc, eventsel: int) -> None:
                       not eventsel & M.ARCH_PERFMON_EVENTSEL_OS,
                       bool(eventsel & M.ARCH_PERFMON_EVENTSEL_INT),
                       bool(eventsel & M.HSW_IN_TX),
-                      bool(eventsel & M.HSW_IN_TX_CHECKPOINTED), pebs)
+                      bool(eventsel & M.HSW_IN_TX_CHECKPOINTED), pebs,
+                      adaptive=bool(eventsel & M.ICL_EVENTSEL_ADAPTIVE))
 
 
-def reprogram_fixed_counter(vcpu, pmc: KvmPmc, en_pmi: int, idx: int) -> None:
+def reprogram_fixed_counter(vcpu, pmc: KvmPmc, en_pmi: int, idx: int,
+                            adaptive: bool = False) -> None:
     """Recreate the perf event of a fixed counter (reprogram_fixed_counter).
 
     The patch passes pebs=false here: fixed counters never get PEBS. The
-    `icelake` design (extended PEBS) passes the PEBS_ENABLE bit.
+    `icelake` design (extended PEBS) passes the PEBS_ENABLE bit, and the
+    counter's adaptive bit (FIXED_CTR_CTRL bit 32+4i).
     """
     pmu = vcpu.pmu
     en = en_pmi & 0x3
@@ -349,17 +355,25 @@ def reprogram_fixed_counter(vcpu, pmc: KvmPmc, en_pmi: int, idx: int) -> None:
     pebs = vcpu.design.fixed_counter_pebs and bool(pmu.pebs_enable >> pmc.idx & 1)
     reprogram_counter(vcpu, pmc, P.PERF_TYPE_HARDWARE,
                       ARCH_EVENTS[FIXED_PMC_EVENTS[idx]][2],
-                      not en & 0x2, not en & 0x1, pmi, False, False, pebs)
+                      not en & 0x2, not en & 0x1, pmi, False, False, pebs, adaptive=adaptive)
+
+
+def fixed_ctrl_adaptive(ctrl: int, idx: int) -> bool:
+    """Fixed counter ``idx``'s adaptive-record bit (ICL_FIXED_0_ADAPTIVE << 4*idx)."""
+    return bool(ctrl >> (32 + 4 * idx) & 1)
 
 
 def reprogram_fixed_counters(vcpu, data: int) -> None:
+    """Reprogram each fixed counter whose field of FIXED_CTR_CTRL changed."""
     pmu = vcpu.pmu
     for i in range(pmu.nr_arch_fixed_counters):
         en_pmi = fixed_ctrl_field(data, i)
+        adaptive = fixed_ctrl_adaptive(data, i)
         pmc = pmu.fixed_counters[i]
-        if fixed_ctrl_field(pmu.fixed_ctr_ctrl, i) == en_pmi:
+        if fixed_ctrl_field(pmu.fixed_ctr_ctrl, i) == en_pmi and \
+                fixed_ctrl_adaptive(pmu.fixed_ctr_ctrl, i) == adaptive:
             continue
-        reprogram_fixed_counter(vcpu, pmc, en_pmi, i)
+        reprogram_fixed_counter(vcpu, pmc, en_pmi, i, adaptive)
     pmu.fixed_ctr_ctrl = data
 
 
@@ -372,7 +386,8 @@ def reprogram_idx(vcpu, idx: int) -> None:
         reprogram_gp_counter(vcpu, pmc, pmc.eventsel)
     else:
         fidx = idx - M.INTEL_PMC_IDX_FIXED
-        reprogram_fixed_counter(vcpu, pmc, fixed_ctrl_field(pmu.fixed_ctr_ctrl, fidx), fidx)
+        reprogram_fixed_counter(vcpu, pmc, fixed_ctrl_field(pmu.fixed_ctr_ctrl, fidx), fidx,
+                                fixed_ctrl_adaptive(pmu.fixed_ctr_ctrl, fidx))
 
 
 def global_idx_to_pmc(pmu: KvmPmu, idx: int) -> KvmPmc | None:
@@ -433,6 +448,24 @@ def kvm_pmu_get_msr(vcpu, index: int) -> int:
     if pmc is not None:
         return pmc.eventsel
     raise GuestFault("#GP", msr=index)
+
+
+def kvm_pmu_read_pmc(vcpu, ecx: int) -> int:
+    """RDPMC: the counter ECX names, or #GP (kvm_pmu_check_pmc + kvm_pmu_read_pmc).
+
+    Bit 30 of ECX selects the fixed counters, bit 31 the 32-bit fast read;
+    an index at or past the guest's counters is a #GP (2014 pmu.c).
+    """
+    pmu = vcpu.pmu
+    fast = bool(ecx >> 31 & 1)
+    fixed = bool(ecx >> 30 & 1)
+    idx = ecx & ~(3 << 30)
+    counters = pmu.fixed_counters if fixed else pmu.gp_counters
+    if idx >= len(counters):
+        raise GuestFault("#GP", value=ecx, reason=f"RDPMC of {'fixed ' if fixed else ''}counter "
+                                                   f"{idx}, which the guest does not have")
+    value = read_pmc(vcpu, counters[idx])
+    return value & 0xFFFFFFFF if fast else value
 
 
 def pebs_enable_valid(vcpu) -> int:

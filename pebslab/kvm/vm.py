@@ -26,7 +26,7 @@ from ..hw.mmu import (EPT_ADDR_MASK, EPT_R, PTE_P, PTE_RW, XLATE_EPT, XLATE_PF, 
                       walk_tables)
 from ..hw.models import CpuModel
 from ..trace import Trace
-from . import pebs_pin, pmu as kpmu, vmx
+from . import pebs_pin, pmu as kpmu, vmx, x86
 from .cpuid import kvm_filter_cpuid
 from .dirty_log import DirtyLog
 from .._check import check_int as _check_int
@@ -70,7 +70,7 @@ class PCpu:
     def __init__(self, cpu: CpuModel, seed: int, index: int):
         self.index = index
         self.core = C.Core(cpu, seed=seed)
-        self.perf = HostPerf(cpu.n_gp, cpu.n_fixed)
+        self.perf = HostPerf(cpu.n_gp, cpu.n_fixed, cpu.pebs_fixed_mask)
         self.core.regs[C.R_DS_AREA] = np.uint64(perf_hw.HOST_DS_AREA)
 
     def program_new(self) -> None:
@@ -179,6 +179,7 @@ class VCPU:
         self.pmis_injected = 0
         kpmu.kvm_pmu_init(self)
         kpmu.kvm_pmu_cpuid_update(self)     # KVM_SET_CPUID2 with the VM's CPUID
+        x86.kvm_misc_enable_refresh(self)
 
     # ---- facts the KVM code asks for -------------------------------------------
     @property
@@ -222,9 +223,33 @@ class VCPU:
 
     # ---- the guest's instructions --------------------------------------------------
     def _exit(self, reason: str, cost: int, **kw) -> None:
+        """A VM exit: count it, charge it, trace it; then a PMI pending in the core is taken."""
         self.vm.exit_counts[reason] = self.vm.exit_counts.get(reason, 0) + 1
         self.charge(cost)
         self.trace("VMEXIT", cost=cost, info=reason, **kw)
+        self.take_pending_pmi()
+
+    def take_pending_pmi(self) -> None:
+        """A PMI still in its skid when the guest exits is taken now, before KVM handles the exit.
+
+        On hardware the PMI is an NMI; one that arrives in guest mode is taken
+        at the VM exit, and the host's handler (intel_pmu_handle_irq ->
+        kvm_perf_overflow_intr) runs before KVM looks at the exit reason.
+        Without this an overflow a few instructions before an exiting
+        instruction (the WRMSR that clears GLOBAL_CTRL after a loop) would
+        reach the host only after KVM had released its perf event: lost.
+        """
+        core = self.core
+        workload = self.vm.workload
+        if workload is None or int(core.regs[C.R_SKID]) == 0:
+            return
+        core.regs[C.R_SKID] = np.uint64(0)
+        core.regs[C.R_PMI_CAUSE] = np.uint64(0)
+        core.regs[C.R_PMI_COUNT] = np.uint64(int(core.regs[C.R_PMI_COUNT]) + 1)
+        ip = int(workload.ip[core.rip])
+        self.trace("PMI", value=int(core.regs[C.R_GLOBAL_STATUS]), gva=ip,
+                   info="hardware PMI pending at the VM exit: the host takes it first")
+        self.vm._host_pmi(self, workload)
 
     def rdmsr(self, index: int) -> int:
         """RDMSR in the guest: exits to KVM; returns the value or raises GuestFault (#GP)."""
@@ -232,7 +257,7 @@ class VCPU:
         self._check_alive()
         self._exit("MSR_READ", self.vm.costs.vmexit + self.vm.costs.msr_emulation, msr=index)
         try:
-            value = kpmu.kvm_pmu_get_msr(self, index)
+            value = x86.kvm_get_msr(self, index)
         except GuestFault as e:
             self.trace("GP", msr=index, info=str(e))
             raise
@@ -247,11 +272,29 @@ class VCPU:
         self._exit("MSR_WRITE", self.vm.costs.vmexit + self.vm.costs.msr_emulation,
                    msr=index, value=value)
         try:
-            kpmu.kvm_pmu_set_msr(self, index, value)
+            x86.kvm_set_msr(self, index, value)
         except GuestFault as e:
             self.trace("GP", msr=index, value=value, info=str(e))
             raise
         self.trace("MSR_WRITE", msr=index, value=value, info=M.msr_name(index))
+
+    def rdpmc(self, ecx: int) -> int:
+        """RDPMC in the guest: exits to KVM (RDPMC exiting); the counter or #GP.
+
+        ``ecx``: the counter number, bit 30 for a fixed counter, bit 31 for
+        the 32-bit "fast" read (kvm_pmu_read_pmc). A counter the guest does
+        not have is a #GP.
+        """
+        _check_int("ecx", ecx, 0, (1 << 32) - 1)
+        self._check_alive()
+        self._exit("RDPMC", self.vm.costs.vmexit + self.vm.costs.msr_emulation)
+        try:
+            value = kpmu.kvm_pmu_read_pmc(self, ecx)
+        except GuestFault as e:
+            self.trace("GP", value=ecx, info=str(e))
+            raise
+        self.trace("MSR_READ", value=value, info=f"RDPMC ecx={ecx:#x}")
+        return value
 
     def cpuid(self, function: int) -> tuple[int, int, int, int]:
         """CPUID in the guest (always exits): the VM's CPUID table."""
@@ -274,11 +317,21 @@ class VCPU:
         return self.core.tsc
 
     def load_cr3(self, gpa: int) -> None:
-        """MOV to CR3 (no exit with EPT): the guest's page-table root."""
+        """MOV to CR3: the guest's page-table root (no exit with EPT).
+
+        Under ``cr3_exiting_while_pebs`` (`fixed`) KVM turns CR3-load exiting
+        on while guest PEBS is enabled: the write exits (a control-register
+        access) and KVM pins the PEBS memory again through the new tables,
+        whose page-table pages the assist will walk now.
+        """
         _check_int("gpa", gpa, 0, self.vm.memory_pages * PAGE - 1)
+        old = self.cr3
         self.cr3 = gpa
         self.core.regs[C.R_CR3] = np.uint64(gpa)
         self.core.flush_tlb()
+        if self.design.cr3_exiting_while_pebs and self.pmu.pebs_enable and gpa != old:
+            self._exit("CR_ACCESS", self.vm.costs.vmexit, value=gpa)
+            self.vm.repin_pebs(self, f"CR3 load {old:#x} -> {gpa:#x} with PEBS on")
 
     def reset(self) -> None:
         """INIT/RESET of the vCPU (kvm_vcpu_reset -> kvm_pmu_reset)."""
@@ -293,13 +346,20 @@ class VCPU:
             raise ValueError("the VM has been destroyed")
 
     # ---- KVM's helpers used by pmu.py / pebs_pin.py -----------------------------------
-    def host_perf_create(self, attr, handler, context, pebs: bool) -> PerfEvent | None:
+    def host_perf_create(self, attr, handler, context, pebs: bool,
+                         fixed: bool = False) -> PerfEvent | None:
+        """perf_event_create_kernel_counter for a guest counter (guest-owned).
+
+        A PEBS event goes to a PEBS-capable GP counter, or - for a guest
+        fixed counter (``fixed``) - to the host fixed counter of the same
+        index when the CPU has PEBS there and it is free.
+        """
         perf = self.pcpu.perf
         mask = perf.all_gp_mask
         if pebs:
             mask &= self.host_cpu.pebs_counter_mask or perf.all_gp_mask
         ev = perf.create_kernel_counter(attr, handler, context, guest_owned=True,
-                                        counter_mask=mask, owner="kvm")
+                                        counter_mask=mask, owner="kvm", precise_fixed=fixed)
         self.charge(self.vm.costs.perf_event_create)
         self.vm.perf_events_created += 1
         if ev.hw_idx >= 0:
@@ -394,6 +454,8 @@ class VM:
         self.exit_counts: dict[str, int] = {}
         self.perf_events_created = 0
         self.host_faults: list[str] = []
+        #: set by a failed VM entry: {"reason", "qualification", "msr", "value"}
+        self.entry_failure: dict | None = None
         self.dirty_log = DirtyLog(self)
         self._in_track = False
         #: called on every host timer tick with (vm, vcpu); the Host installs memory pressure here
@@ -489,19 +551,28 @@ class VM:
             for v in self.vcpus:
                 if v.pmu.pebs_enable and v.design.track_guest_page_tables:
                     v._exit("PAGE_TRACK", self.costs.page_track_exit)
-                    old = list(v.pmu.pinned_pages)
-                    pebs_pin.kvm_pmu_release_pin(v)
-                    ok = pebs_pin.pin_for_design(v)
-                    v.trace("NOTE", info=f"page-track: guest remapped PEBS memory; re-pinned "
-                                         f"{len(old)} -> {len(v.pmu.pinned_pages)} frames"
-                                         + ("" if ok else "; pinning FAILED: PEBS disabled"))
-                    if not ok:
-                        old_bits = v.pmu.pebs_enable
-                        v.pmu.pebs_enable = 0
-                        if v.design.reprogram_on_pebs_enable:
-                            kpmu._reprogram_bits(v, old_bits)
+                    self.repin_pebs(v, "page-track: guest remapped PEBS memory")
         finally:
             self._in_track = False
+
+    def repin_pebs(self, v: "VCPU", why: str) -> bool:
+        """Pin the vCPU's PEBS memory again as it is mapped now (`fixed`).
+
+        pebslab only (the design's page tracking and CR3 exiting). A pin that
+        fails keeps guest PEBS off (PEBS_ENABLE = 0, the counters
+        reprogrammed): the CPU must never write where nothing is pinned.
+        """
+        old = list(v.pmu.pinned_pages)
+        pebs_pin.kvm_pmu_release_pin(v)
+        ok = pebs_pin.pin_for_design(v)
+        v.trace("NOTE", info=f"{why}; re-pinned {len(old)} -> {len(v.pmu.pinned_pages)} frames"
+                             + ("" if ok else "; pinning FAILED: PEBS disabled"))
+        if not ok:
+            old_bits = v.pmu.pebs_enable
+            v.pmu.pebs_enable = 0
+            if v.design.reprogram_on_pebs_enable:
+                kpmu._reprogram_bits(v, old_bits)
+        return ok
 
     # ---- running ------------------------------------------------------------------------
     def crash(self, reason: str) -> None:
@@ -547,7 +618,11 @@ class VM:
             if self.crashed:
                 break
             vmx.vmx_prepare_msrs(v)
-            vmx.vm_entry(v)
+            failed = vmx.vm_entry(v)
+            if failed:
+                vmx.vm_exit(v)           # 26.7: host state and the exit-load list
+                self._fail_entry(v, failed)
+                break
             core.regs[C.R_TIMER_DEADLINE] = np.uint64((core.tsc // TICK_CYCLES + 1) * TICK_CYCLES)
             before = int(core.regs[C.R_RETIRED])
             reason = core.run(workload, left, self.host_mm.mem, self.ept)
@@ -623,6 +698,26 @@ class VM:
         """The host's PMI (NMI) handler on the guest's pCPU (:func:`perf_hw.intel_pmu_handle_irq`)."""
         ip = int(workload.ip[v.core.rip])
         perf_hw.intel_pmu_handle_irq(v.core, v.pcpu.perf, ip, v.trace)
+
+    def _fail_entry(self, v: VCPU, entry: int) -> None:
+        """A failed VM entry: KVM returns KVM_EXIT_FAIL_ENTRY and the VMM stops the VM.
+
+        Models vmx_handle_exit()'s failed-entry path (exit reason with
+        VMX_EXIT_REASONS_FAILED_VMENTRY -> KVM_EXIT_FAIL_ENTRY with
+        hardware_entry_failure_reason) and QEMU's reaction ("KVM: entry
+        failed, hardware error 0x80000022"; the VM stops). The host is
+        unharmed: its state was loaded back as on a VM exit (FACTS g.4).
+        """
+        msr, value = v.autoload.guest[entry - 1]
+        reason = vmx.EXIT_REASON_MSR_LOAD_FAIL
+        self.entry_failure = {"reason": reason, "qualification": entry, "msr": msr,
+                              "value": value}
+        self.exit_counts["FAIL_ENTRY"] = self.exit_counts.get("FAIL_ENTRY", 0) + 1
+        v.trace("VMEXIT", msr=msr, value=value,
+                info=f"VM-entry failure {reason:#x}: MSR-load entry {entry} "
+                     f"({M.msr_name(msr)}={value:#x}) would #GP")
+        self.crash(f"KVM: entry failed, hardware error {reason:#x} (MSR-load entry {entry}: "
+                   f"{M.msr_name(msr)}={value:#x}); the VMM stops the VM")
 
     def _pebs_fault(self, v: VCPU) -> None:
         info = int(v.core.regs[C.R_EXIT_INFO])

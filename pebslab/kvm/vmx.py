@@ -15,10 +15,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..host import perf_hw
+from ..hw.errors import GuestFault
 from ..hw import core as C
 from ..hw import msr as M
 
 NR_AUTOLOAD_MSRS = 8
+
+#: VM-entry failure due to MSR loading: basic exit reason 34 with bit 31 set
+#: (SDM Vol. 3C 26.7; QEMU prints "KVM: entry failed, hardware error 0x80000022").
+VMX_EXIT_REASONS_FAILED_VMENTRY = 0x80000000
+EXIT_REASON_MSR_LOAD_FAIL = VMX_EXIT_REASONS_FAILED_VMENTRY | 34
 
 #: MSRs that other parts of 2014 KVM may put on the autoload lists (EFER when
 #: the CPU lacks the dedicated VMCS control; the others are illustrative).
@@ -167,9 +173,24 @@ def _load(vcpu, entries) -> None:
             regs[slot] = np.uint64(value)
 
 
-def vm_entry(vcpu) -> None:
-    """VM entry: load the guest values of the entry-load list."""
-    _load(vcpu, vcpu.autoload.guest)
+def vm_entry(vcpu) -> int:
+    """VM entry: load the guest values of the entry-load list, in order.
+
+    SDM Vol. 3C 26.4: an entry fails if the same WRMSR at CPL 0 would #GP
+    (a non-canonical IA32_DS_AREA is one); the VM entry then fails with
+    exit reason 34 | 0x80000000 (:data:`EXIT_REASON_MSR_LOAD_FAIL`) and the
+    exit qualification is the failing entry's number, counting from 1
+    (26.7). Returns 0 on success, else that number; the caller performs
+    the VM-exit-like host-state load (:func:`vm_exit`, 26.7 step 4).
+    """
+    core = vcpu.pcpu.core
+    for n, (msr, value) in enumerate(vcpu.autoload.guest, 1):
+        if msr in _SLOT:
+            try:
+                core.wrmsr(msr, value)
+            except GuestFault:
+                return n
+    return 0
 
 
 def vm_exit(vcpu) -> None:
