@@ -294,10 +294,10 @@ def test_cli_reports_an_escaping_exception_as_a_violation_and_fails(capsys, monk
 
     original = kpmu.reprogram_fixed_counter
 
-    def reprogram_fixed_counter(vcpu, pmc, en_pmi, idx):
+    def reprogram_fixed_counter(vcpu, pmc, en_pmi, idx, *args, **kwargs):
         if idx == 2:            # a planted bug in the third fixed counter only
             raise IndexError("planted")
-        return original(vcpu, pmc, en_pmi, idx)
+        return original(vcpu, pmc, en_pmi, idx, *args, **kwargs)
     monkeypatch.setattr(kpmu, "reprogram_fixed_counter", reprogram_fixed_counter)
     assert F.main(["--actions", "10", "--profile", "short", "--design", "patch",
                    "--cpu", "haswell"]) == 1

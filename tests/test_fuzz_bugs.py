@@ -116,12 +116,10 @@ def test_known_bug_a_page_pinned_during_dirty_logging_is_written_but_not_reporte
     assert written and written <= set(T.MIG.get_dirty_log(vm))
 
 
-@pytest.mark.xfail(strict=True, reason="MISC_ENABLE is not emulated: a guest RDMSR #GPs; real "
-                   "KVM always emulates it, bit 12 (PEBS_UNAVAIL) telling whether PEBS exists "
-                   "(issue 9, 'Finding the next ones'; the fuzz oracle lists it as UNMODELED)")
 @pytest.mark.parametrize("design,cpu,pebs", [("patch", "silvermont", True),
                                              ("review", "haswell", False)])
-def test_known_bug_misc_enable_read_faults(design, cpu, pebs):
+def test_misc_enable_read_never_faults_and_bit_12_tells_whether_pebs_exists(design, cpu, pebs):
+    """Issue 9: real KVM always emulates MISC_ENABLE; bit 12 PEBS_UNAVAIL (FACTS c.4)."""
     _, vm, _ = make(design, cpu=cpu)
     value = vm.vcpus[0].rdmsr(M.MSR_IA32_MISC_ENABLE)
     assert bool(value & M.MSR_IA32_MISC_ENABLE_PEBS_UNAVAIL) is not pebs
@@ -183,11 +181,8 @@ def test_fixed_refuses_a_ds_area_it_cannot_pin_while_pebs_is_enabled():
     assert not vm.run(HOT, 20_000).crashed
 
 
-@known_bug("crash/context switch after pinning (fixed)",
-           reason="fixed: the pinned and tracked page-table pages are those of the CR3 at pin "
-                  "time; after a context switch the PEBS assist walks an unpinned PML4 "
-                  "(VCPU.load_cr3 takes no exit, nothing re-pins; issue 9 item 10)")
 def test_fixed_survives_a_context_switch_then_reclaim():
+    """Issue 9 item 10: under `fixed` a CR3 load while PEBS is on exits and KVM re-pins."""
     host, vm, guest = make("fixed")
     S.manual_pebs(guest, buf_pages=4, period=97, event=0x00C0)
     # a second address space sharing the kernel half (how Linux builds process page
@@ -267,21 +262,15 @@ def test_icelake_in_txcp_only_on_counter_2():
         v.wrmsr(M.MSR_P6_EVNTSEL0, sel)
 
 
-@pytest.mark.skipif(not T.has("save_state", "restore_state"),
-                    reason="the migration module is not available")
-@pytest.mark.xfail(strict=True, reason="after restore_state the guest's PMI handler and "
-                   "perf driver still point at the source VM (no API rebinds a GuestKernel "
-                   "to the destination): the first PMI reads the destroyed source's memory "
-                   "and a ValueError escapes vm.run")
 def test_a_migrated_guest_keeps_profiling_on_the_destination():
+    """Issue 9 item 10: GuestKernel.attach moves the guest kernel to the destination VM."""
     host, vm, guest = make("fixed")
     S.manual_pebs(guest, buf_pages=4, period=97, event=0x00C0)
     vm.run(HOT, 5_000)
     dest = pl.Host(cpu="silvermont", frames=2048, seed=1)
     new = T.MIG.restore_state(T.MIG.save_state(vm), dest)
     vm.destroy()
-    if hasattr(guest, "attach"):       # whichever API the fix provides
-        guest.attach(new)
+    guest.attach(new)
     res = new.run(HOT, 5_000)
     assert res.pmis_injected > 0 and not res.crashed
 

@@ -19,16 +19,12 @@ from pebslab.kvm import x86
 
 EMON, BTS_UNAVAIL, PEBS_UNAVAIL = 1 << 7, 1 << 11, 1 << 12
 
-misc_enable = pytest.mark.skipif(not x86.EMULATE_MISC_ENABLE, reason=(
-    "MISC_ENABLE emulation held back until the fuzz package replaces pebslab/fuzz.py "
-    "(kvm/x86.py EMULATE_MISC_ENABLE)"))
 
 
 def vcpu_of(design="patch", cpu="silvermont", **kw):
     return pl.Host(cpu=cpu, frames=256).create_vm(design=design, memory_pages=64, **kw).vcpus[0]
 
 
-@misc_enable
 @pytest.mark.parametrize("design", ["patch", "review", "fixed", "icelake"])
 @pytest.mark.parametrize("cpu", ["silvermont", "haswell", "icelake"])
 def test_misc_enable_read_never_faults(design, cpu):
@@ -36,7 +32,6 @@ def test_misc_enable_read_never_faults(design, cpu):
     assert isinstance(v.rdmsr(M.MSR_IA32_MISC_ENABLE), int)
 
 
-@misc_enable
 def test_icelake_misc_enable_says_pebs_where_kvm_gives_pebs():
     # FACTS c.4 (bef6ecca46ac, d10551738f6a): EMON with a vPMU; PEBS_UNAVAIL clear iff the guest
     # has PEBS (a PEBS format in PERF_CAPABILITIES); BTS stays unavailable
@@ -48,7 +43,6 @@ def test_icelake_misc_enable_says_pebs_where_kvm_gives_pebs():
     assert v3.rdmsr(M.MSR_IA32_MISC_ENABLE) & PEBS_UNAVAIL
 
 
-@misc_enable
 def test_icelake_guest_cannot_flip_the_vpmu_bits():
     # upstream kvm_set_msr_common keeps the vPMU bits of MISC_ENABLE on a guest write
     v = vcpu_of("icelake", "icelake")
@@ -56,7 +50,6 @@ def test_icelake_guest_cannot_flip_the_vpmu_bits():
     assert v.rdmsr(M.MSR_IA32_MISC_ENABLE) == EMON | BTS_UNAVAIL | 1
 
 
-@misc_enable
 @pytest.mark.parametrize("design,cpu,pebs", [("patch", "silvermont", True),
                                              ("review", "haswell", False),
                                              ("fixed", "silvermont", True)])
@@ -67,7 +60,6 @@ def test_misc_enable_pebs_unavail_tells_whether_the_guest_has_pebs(design, cpu, 
     assert value & EMON and value & BTS_UNAVAIL
 
 
-@misc_enable
 def test_2014_misc_enable_is_plain_storage():
     # 3.15 kvm_set_msr_common: vcpu->arch.ia32_misc_enable_msr = data
     v = vcpu_of("patch")

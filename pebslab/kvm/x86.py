@@ -14,11 +14,6 @@ from __future__ import annotations
 from ..hw import msr as M
 from . import pmu as kpmu
 
-#: MISC_ENABLE emulation is on. Held back (False) only while pebslab/fuzz.py's old oracle,
-#: which expects a #GP, is in the tree: set True when the fuzz package (its oracle lists
-#: MISC_ENABLE as emulated, issue 9) replaces it.
-EMULATE_MISC_ENABLE = False
-
 #: The bits of MISC_ENABLE that describe the vPMU (MSR_IA32_MISC_ENABLE_PMU_RO_MASK upstream).
 MISC_ENABLE_PMU_BITS = (M.MSR_IA32_MISC_ENABLE_EMON | M.MSR_IA32_MISC_ENABLE_BTS_UNAVAIL
                         | M.MSR_IA32_MISC_ENABLE_PEBS_UNAVAIL)
@@ -45,7 +40,7 @@ def kvm_misc_enable_refresh(vcpu) -> None:
 
 def kvm_get_msr(vcpu, index: int) -> int:
     """RDMSR as KVM emulates it: the PMU's MSRs, then kvm_get_msr_common; else #GP."""
-    if index == M.MSR_IA32_MISC_ENABLE and EMULATE_MISC_ENABLE:
+    if index == M.MSR_IA32_MISC_ENABLE:
         return vcpu.ia32_misc_enable_msr
     return kpmu.kvm_pmu_get_msr(vcpu, index)
 
@@ -56,7 +51,7 @@ def kvm_set_msr(vcpu, index: int, data: int, host_initiated: bool = False) -> No
     MISC_ENABLE: 2014 stores the value as written; upstream keeps the vPMU
     bits (EMON, BTS_UNAVAIL, PEBS_UNAVAIL) unchanged on a guest write.
     """
-    if index == M.MSR_IA32_MISC_ENABLE and EMULATE_MISC_ENABLE:
+    if index == M.MSR_IA32_MISC_ENABLE:
         if vcpu.design.upstream_msr_semantics and not host_initiated:
             data = (data & ~MISC_ENABLE_PMU_BITS) | \
                 (vcpu.ia32_misc_enable_msr & MISC_ENABLE_PMU_BITS)
