@@ -399,8 +399,8 @@ def live_migration_figure(rounds: int = 2):
                        edgecolor="0.3", log=True)
                 ax.text(x, max(sent[j], 1) * 1.1, str(sent[j]), ha="center", fontsize=7)
         if rep["crashed"]:
-            ax.text(k, 2, f"source guest crashed\nin pre-copy round {len(sent)}",
-                    ha="center", fontsize=8, color=_VERMILION, fontweight="bold")
+            ax.text(k - 0.2, 2, f"source guest crashed\nin pre-copy round {len(sent)}",
+                    ha="left", fontsize=8, color=_VERMILION, fontweight="bold")
 
     def tick(d, c, rep):
         if rep["crashed"]:
