@@ -61,9 +61,51 @@ def test_ex10_keep_writable_everything_is_too_much():
     assert res.passed == 0 and "a page PEBS never writes" in res.failed[0][2]
 
 
-@pytest.mark.parametrize("name", ["ex10_restore_order", "ex10_compatible", "ex10_keep_writable"])
+@pytest.mark.parametrize("name", ["ex10_restore_order", "ex10_compatible", "ex10_keep_writable",
+                                  "ex09_first_warning", "ex09_handler_exits",
+                                  "ex09_max_exit_cost"])
 def test_a_crashing_candidate_is_a_wrong_answer_not_an_error(name):
     def boom(*args):
         raise KeyError("oops")
     res = getattr(check, name)(boom, quiet=True)
     assert not res.ok and "KeyError" in str(res.failed[0][2])
+
+
+# ----------------------------------------------------------------------------
+# notebook 09
+# ----------------------------------------------------------------------------
+
+def _first_warning_off_by(k):
+    from pebslab.host import perf as HP
+
+    def fn(ns):
+        st = HP.ThrottleState.initial()
+        for i in range(5000):
+            st = HP.perf_sample_event_took(st, ns)
+            if st.warnings:
+                return i + k
+        return None
+    return fn
+
+
+def test_ex09_first_warning_names_early_or_late():
+    res = check.ex09_first_warning(_first_warning_off_by(1), quiet=True)
+    assert not res.ok and "late by 1 samples" in res.hint
+
+
+def test_ex09_first_warning_greater_or_equal_is_wrong_at_the_boundary():
+    res = check.ex09_first_warning(lambda ns: 0 if ns >= 2500 else None, quiet=True)
+    assert any("2,500 ns" in desc for desc, _, _ in res.failed)
+
+
+def test_ex09_handler_exits_names_the_first_wrong_exit():
+    res = check.ex09_handler_exits(lambda era: [("wr", 0x38F), ("wr", 0x390)], quiet=True)
+    assert not res.ok and "exit 2 should be rd" in res.hint
+
+
+def test_ex09_max_exit_cost_too_high_and_too_low():
+    high = check.ex09_max_exit_cost(lambda c, r, linux: 800 if c == r == 0 else None,
+                                    quiet=True)
+    assert any("the guest warns" in str(got) for _, _, got in high.failed)
+    low = check.ex09_max_exit_cost(lambda c, r, linux: 10 if c == r == 0 else None, quiet=True)
+    assert any("you can go higher" in str(got) for _, _, got in low.failed)
