@@ -177,6 +177,8 @@ class VCPU:
         self.pmi_pending = False
         self.cr3 = 0
         self.pmis_injected = 0
+        #: pinning work done in the current exit, charged when it ends (pebs_pin.settle_pin_debt)
+        self.pin_debt = 0
         kpmu.kvm_pmu_init(self)
         kpmu.kvm_pmu_cpuid_update(self)     # KVM_SET_CPUID2 with the VM's CPUID
 
@@ -250,8 +252,10 @@ class VCPU:
             kpmu.kvm_pmu_set_msr(self, index, value)
         except GuestFault as e:
             self.trace("GP", msr=index, value=value, info=str(e))
+            pebs_pin.settle_pin_debt(self)
             raise
         self.trace("MSR_WRITE", msr=index, value=value, info=M.msr_name(index))
+        pebs_pin.settle_pin_debt(self)          # issue 9 item 7: the pinning work costs cycles
 
     def cpuid(self, function: int) -> tuple[int, int, int, int]:
         """CPUID in the guest (always exits): the VM's CPUID table."""
@@ -382,6 +386,8 @@ class VM:
         self.memory_pages = memory_pages
         self.cpuid = kvm_filter_cpuid(cpuid, cpu, design)
         self.costs = costs or Costs()
+        #: what pinning and the MMU notifier's upkeep cost (kvm/pebs_pin.py PinCosts)
+        self.pin_costs = pebs_pin.PinCosts()
         self.extra_autoload = extra_autoload
         self.trace = Trace()
         self.ept = np.zeros(memory_pages, np.uint64)
@@ -546,6 +552,7 @@ class VM:
             self._inject_pmi(v, workload)
             if self.crashed:
                 break
+            pebs_pin.settle_pin_debt(v)
             vmx.vmx_prepare_msrs(v)
             vmx.vm_entry(v)
             core.regs[C.R_TIMER_DEADLINE] = np.uint64((core.tsc // TICK_CYCLES + 1) * TICK_CYCLES)
