@@ -25,7 +25,12 @@ C = Costs()
 
 @pytest.fixture(scope="module")
 def summary():
-    return T.pmi_summary()
+    return T.pmi_summary(linux="current")
+
+
+@pytest.fixture(scope="module")
+def summary_315():
+    return T.pmi_summary(linux="3.15")
 
 
 def test_current_guest_handler_exits_are_those_of_intel_pmu_handle_irq(summary):
@@ -49,14 +54,14 @@ def test_window_costs_add_up_from_costs(summary):
 
 
 def test_handler_grows_by_five_cycles_per_cycle_of_exit_cost():
-    a = T.pmi_summary(vmexit=0)["handler_cycles"]
-    b = T.pmi_summary(vmexit=1000)["handler_cycles"]
+    a = T.pmi_summary(vmexit=0, linux="current")["handler_cycles"]
+    b = T.pmi_summary(vmexit=1000, linux="current")["handler_cycles"]
     assert b - a == 5 * 1000
 
 
 def test_sample_rate_follows_the_period():
-    fast = T.pmi_summary(period=97)["samples_per_s"]
-    slow = T.pmi_summary(period=970)["samples_per_s"]
+    fast = T.pmi_summary(period=97, linux="current")["samples_per_s"]
+    slow = T.pmi_summary(period=970, linux="current")["samples_per_s"]
     assert 5 < fast / slow < 10.5            # 10x the period, the PMI cost is amortised
 
 
@@ -98,8 +103,31 @@ def test_a_short_handler_never_warns():
     assert T.throttle_run(2501, 1000.0)["first_warning"] is not None
 
 
+def test_3_15_guest_toggles_pebs_enable_and_repins_every_pmi(summary_315):
+    """FACTS g.2: PEBS_ENABLE = 0 on entry, the value back on exit; a one-page buffer."""
+    from pebslab.kvm.pebs_pin import PinCosts
+
+    ops = [(op, msr, val) for op, msr, val in summary_315["exits"]]
+    pe = [(i, v) for i, (op, m, v) in enumerate(ops) if m == M.MSR_IA32_PEBS_ENABLE]
+    assert [v for _, v in pe] == [0, 1]
+    assert ops[0][:2] == ("wr", M.MSR_CORE_PERF_GLOBAL_CTRL) and pe[0][0] == 1
+    assert ops[-1][:2] == ("wr", M.MSR_CORE_PERF_GLOBAL_CTRL) and pe[1][0] == len(ops) - 2
+    # DS page + the one buffer page: released and pinned again, each PMI
+    assert summary_315["pins"] == summary_315["unpins"] == 2
+    pc = PinCosts()
+    assert summary_315["pin_cycles"] == 2 * (pc.guest_walk + pc.gfn_to_pfn + pc.get_page) + \
+        2 * pc.put_page
+    assert summary_315["handler_cycles"] == summary_315["msr_exits"] + \
+        summary_315["pin_cycles"] + summary_315["kvm_work"]
+
+
+def test_the_3_15_handler_is_longer_than_todays(summary, summary_315):
+    assert summary_315["handler_cycles"] > summary["handler_cycles"]
+    assert len(summary_315["exits"]) > len(summary["exits"])
+
+
 def test_windows_cover_every_injected_pmi():
-    vm, rec, res, start = T.pmi_session()
+    vm, rec, res, start = T.pmi_session(linux="current")
     wins = T.pmi_windows(vm, start)
     assert len(wins) == res.pmis_injected
     assert all(w.handler_start - w.start == C.vmexit + C.pmi_inject for w in wins)

@@ -146,12 +146,13 @@ def _warns(vmexit: int, create: int, release: int, linux: str) -> tuple[bool, in
 def _max_cases():
     from ..viz import timing as T
 
-    cases = [((4000, 2000, "current"), "the default Costs"),
-             ((0, 0, "current"), "host perf events for free"),
-             ((1000, 0, "current"), "create 1,000, release free"),
-             ((0, 500, "current"), "create free, release 500")]
+    cases = [((4000, 2000, "current"), "today's guest, the default Costs"),
+             ((0, 0, "current"), "today's guest, host perf events for free"),
+             ((1000, 0, "current"), "today's guest, create 1,000, release free"),
+             ((0, 500, "current"), "today's guest, create free, release 500")]
     if "3.15" in T.linux_eras():
-        cases.append(((0, 0, "3.15"), "a Linux 3.15 guest, host perf events for free"))
+        cases += [((0, 0, "3.15"), "a Linux 3.15 guest, host perf events for free"),
+                  ((4000, 2000, "3.15"), "a Linux 3.15 guest, the default Costs")]
     return cases
 
 

@@ -66,7 +66,7 @@ def cycles_to_ns(cycles) -> int:
     return int(int(cycles) / GHZ)
 
 
-def pmi_session(design: str = "patch", linux: str = "current", period: int = PERIOD,
+def pmi_session(design: str = "patch", linux: str = "3.15", period: int = PERIOD,
                 instructions: int = INSTRUCTIONS, *, vmexit: int = 1200,
                 msr_emulation: int = 300, perf_event_create: int = 4000,
                 perf_event_release: int = 2000, pmi_inject: int = 800):
@@ -74,7 +74,8 @@ def pmi_session(design: str = "patch", linux: str = "current", period: int = PER
 
     pebslab only. pl.Host("silvermont", seed 0), a 256-page VM under
     ``design`` whose Costs take the given cycle figures (ASSUMPTIONS;
-    defaults are pebslab.kvm.vm.Costs), a guest kernel of era ``linux``,
+    defaults are pebslab.kvm.vm.Costs), a guest kernel of era ``linux``
+    (default the patch's, 3.15; pinning costs are pebslab.kvm.pebs_pin.PinCosts),
     ``perf record -e EVENT -c period``. Returns (vm, recording, run result,
     index of the first trace row of the run).
     """
@@ -193,7 +194,7 @@ def pmi_windows(vm, start: int = 0) -> list[PmiWindow]:
     return out
 
 
-def pmi_summary(design: str = "patch", linux: str = "current", period: int = PERIOD, **costs):
+def pmi_summary(design: str = "patch", linux: str = "3.15", period: int = PERIOD, **costs):
     """One session's PMIs in numbers: a dict for printing and for the throttling model.
 
     pebslab only. Keys: ``pmis``, ``handler_cycles`` (median over the run's
@@ -228,34 +229,52 @@ def _msr_short(msr: int) -> str:
 
     return {M.MSR_CORE_PERF_GLOBAL_CTRL: "GLOBAL_CTRL", M.MSR_CORE_PERF_GLOBAL_STATUS: "STATUS",
             M.MSR_CORE_PERF_GLOBAL_OVF_CTRL: "OVF_CTRL", M.MSR_IA32_PEBS_ENABLE: "PEBS_ENABLE",
-            M.MSR_CORE_PERF_FIXED_CTR_CTRL: "FIXED_CTRL"}.get(msr, f"{msr:#x}")
+            M.MSR_CORE_PERF_FIXED_CTR_CTRL: "FIXED_CTRL", M.MSR_IA32_PERFCTR0: "PMC0"}.get(
+                msr, f"{msr:#x}")
 
 
 def _segments(w: PmiWindow):
-    """(start, end, label, colour, hatch) for each stretch of one window, in time order."""
+    """(start, end, label, colour, hatch) for each stretch of one window, in time order.
+
+    A VM exit or the injection occupies the ``cost`` cycles before its row;
+    the time before that since the previous stretch is KVM work: pinning
+    if PIN/UNPIN rows came since, else host perf events.
+    """
     segs = []
     prev = w.start
+    pins = None
+
+    def work(upto):
+        if upto > prev:
+            if pins:
+                segs.append((prev, upto, pins, _PURPLE, ".."))
+            else:
+                segs.append((prev, upto, "perf event", "0.7", "//"))
+
     for r in w.rows[1:]:
         t = int(r["time"])
-        if t <= prev:
-            continue
         k = r["kind"]
-        if k == "VMEXIT" and r["info"] == "EXTERNAL_NMI":
-            segs.append((prev, t, "NMI exit", _VERMILION, None))
-        elif k == "PMI_INJECT":
-            segs.append((prev, t, "inject", _ORANGE, None))
-        elif k == "VMEXIT":
-            op = "RD" if r["info"] == "MSR_READ" else "WR"
-            segs.append((prev, t, f"{op} {_msr_short(int(r['msr']))}", _BLUE, None))
-        elif k in ("PIN", "UNPIN"):
-            segs.append((prev, t, "pin" if k == "PIN" else "unpin", _PURPLE, ".."))
-        else:
-            segs.append((prev, t, "perf event", "0.7", "//"))
-        prev = t
+        if k in ("PIN", "UNPIN"):
+            pins = "pin" if k == "PIN" else "unpin"
+            continue
+        if k in ("VMEXIT", "PMI_INJECT"):
+            c = int(r["cost"])
+            work(t - c)
+            if k == "PMI_INJECT":
+                segs.append((t - c, t, "inject", _ORANGE, None))
+            elif r["info"] == "EXTERNAL_NMI":
+                segs.append((t - c, t, "NMI exit", _VERMILION, None))
+            else:
+                op = "RD" if r["info"] == "MSR_READ" else "WR"
+                segs.append((t - c, t, f"{op} {_msr_short(int(r['msr']))}", _BLUE, None))
+            prev, pins = t, None
+        elif t > prev:
+            work(t)
+            prev, pins = t, None
     return segs
 
 
-def pmi_anatomy(linux_list=("current",), design: str = "patch", period: int = PERIOD):
+def pmi_anatomy(linux_list=("3.15", "current"), design: str = "patch", period: int = PERIOD):
     """Draw one guest PMI of the running example as a timeline per guest era; return the Figure.
 
     pebslab only. One bar per era in ``linux_list``: each stretch of the
@@ -310,7 +329,7 @@ def pmi_anatomy(linux_list=("current",), design: str = "patch", period: int = PE
     return fig
 
 
-def handler_ns_for(vmexit: int = 1200, linux: str = "current", period: int = PERIOD,
+def handler_ns_for(vmexit: int = 1200, linux: str = "3.15", period: int = PERIOD,
                    **costs) -> tuple[int, float]:
     """(guest-measured handler ns, samples per second) of the running example with these costs."""
     s = pmi_summary("patch", linux, period, vmexit=vmexit, **costs)
@@ -369,7 +388,7 @@ def throttle_run(handler_ns: int, samples_per_s: float, era: str = "today",
 
 
 def throttle_explorer(vmexit: int = 1200, period: int = PERIOD, era: str = "today",
-                      cpu_time_max_percent: int = 25, linux: str = "current"):
+                      cpu_time_max_percent: int = 25, linux: str = "3.15"):
     """Exit cost and sample period against sample rate and "perf interrupt took too long".
 
     pebslab only. Runs the running example with ``vmexit`` cycles per VM exit
@@ -429,5 +448,5 @@ def throttle_explorer(vmexit: int = 1200, period: int = PERIOD, era: str = "toda
 
 EXPLORERS = {
     "throttle_explorer": (throttle_explorer, {"vmexit": 1200, "period": PERIOD, "era": "today",
-                                              "cpu_time_max_percent": 25, "linux": "current"}),
+                                              "cpu_time_max_percent": 25, "linux": "3.15"}),
 }
