@@ -57,7 +57,7 @@ def test_each_step_shows_the_patch_acting_at_once(saved):
 
 
 def test_pebs_first_pins_17_and_arms_pmc0_and_the_destination_writes_records():
-    src, vm, steps, out = VZ.restore_steps("patch", "pebs_first")
+    state, vm, steps, out = VZ.restore_steps("patch", "pebs_first")
     assert steps[1].msr == M.MSR_IA32_PEBS_ENABLE and steps[1].pinned == 17   # DS + 16 pages
     assert steps[-1].host_event == "precise"
     assert out["records"] == out["source_records"] > 0 and not out["crashed"]
@@ -74,20 +74,20 @@ def test_a_custom_order_with_global_ctrl_first_still_counts_without_pebs(saved):
 
 
 def test_fixed_defers_and_adds_a_final_step(saved):
-    src, vm, steps, out = VZ.restore_steps("fixed", "userspace")
+    state, vm, steps, out = VZ.restore_steps("fixed", "userspace")
     assert steps[-1].msr == 0 and steps[-1].missing == 0 and steps[-1].host_event == "precise"
     assert steps[-2].pinned == 0                     # nothing pinned before the end of the list
     assert out["records"] == out["source_records"]
 
 
 def test_icelake_restores_on_icelake_and_pins_nothing():
-    src, vm, steps, out = VZ.restore_steps("icelake", "userspace")
+    state, vm, steps, out = VZ.restore_steps("icelake", "userspace")
     assert vm.cpu.name == "icelake" and all(s.pinned == 0 for s in steps)
     assert out["records"] == out["source_records"] > 0
 
 
 def test_refused_destination_reports_reasons():
-    src, vm, steps, out = VZ.restore_steps("patch", "userspace", dest_cpu="skylake")
+    state, vm, steps, out = VZ.restore_steps("patch", "userspace", dest_cpu="skylake")
     assert vm is None and steps == []
     assert any("different PEBS format" in r for r in out["reasons"])
 
@@ -152,3 +152,10 @@ def test_bad_arguments_name_themselves():
     with pytest.raises(ValueError, match="rounds must be"):
         VZ.live_migration_rounds(rounds=-1)
     assert VZ.pebs_event("silvermont") == 0x0404
+
+
+def test_restoring_the_cached_source_twice_gives_the_same_steps():
+    a = VZ.restore_steps("patch", "pebs_first")
+    b = VZ.restore_steps("patch", "pebs_first")
+    assert a[0] is b[0]                                   # one saved source per design
+    assert a[2] == b[2] and a[3] == b[3]

@@ -22,6 +22,7 @@ Used in: notebook 10.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -31,7 +32,7 @@ from ..hw import core as C
 from ..hw import msr as M
 from ..kvm.designs import DESIGN_NAMES
 
-__all__ = ["SOURCE_RUN", "Source", "source_vm", "replay_restore", "restore_steps",
+__all__ = ["SOURCE_RUN", "Source", "source_vm", "saved_source", "replay_restore", "restore_steps",
            "restore_timeline", "RestoreStep", "leave_writable", "live_migration_rounds",
            "live_migration_figure", "EXPLORERS", "ORDER_CHOICES", "pebs_event"]
 
@@ -196,13 +197,29 @@ def _cpu_for(design: str) -> str:
     return "icelake" if design == "icelake" else "silvermont"
 
 
+@functools.lru_cache(maxsize=8)
+def saved_source(design: str = "patch"):
+    """The running example's source under ``design``, run and saved: (VmState, records written).
+
+    pebslab only: :func:`source_vm` on the design's CPU, then
+    :func:`pebslab.vmm.migrate.save_state`. Cached (the run is
+    deterministic), so an explorer restores without re-running the source;
+    the source VM stays alive behind the state (its PMI handler reads it).
+    """
+    from ..vmm import migrate as MG
+
+    check_choice("design", design, DESIGN_NAMES)
+    src = source_vm(design, _cpu_for(design))
+    return MG.save_state(src.vm), src.records
+
+
 def restore_steps(design: str = "patch", msr_order: str = "userspace", order=None, *,
                   dest_cpu: str | None = None, run: int | None = None):
-    """Migrate the running example once; return (source, destination vm, steps, outcome).
+    """Migrate the running example once; return (saved state, destination vm, steps, outcome).
 
-    pebslab only. Source: :func:`source_vm` under ``design`` on Silvermont;
-    saved with save_state; restored on a fresh ``dest_cpu`` host with
-    :func:`replay_restore` in the named ``msr_order``
+    pebslab only. Source: :func:`saved_source` under ``design`` (Silvermont;
+    Ice Lake for `icelake`); restored on a fresh ``dest_cpu`` host (default:
+    the source's CPU) with :func:`replay_restore` in the named ``msr_order``
     (:func:`pebslab.vmm.migrate.restore_order`) or in ``order`` (a list of
     MSR indices) if given. The destination then runs ``run`` guest
     instructions (default SOURCE_RUN's). ``outcome``: records the source
@@ -218,25 +235,24 @@ def restore_steps(design: str = "patch", msr_order: str = "userspace", order=Non
     cpu = _cpu_for(design)
     dest_cpu = cpu if dest_cpu is None else check_choice("dest_cpu", dest_cpu, tuple(pl.MODELS))
     n = SOURCE_RUN["instructions"] if run is None else check_int("run", run, 0, 10_000_000)
-    src = source_vm(design, cpu)
-    state = MG.save_state(src.vm)
+    state, source_records = saved_source(design)
     if order is None:
         order = MG.restore_order(state.vcpus[0].msrs, msr_order)
     dest = pl.Host(cpu=dest_cpu, frames=SOURCE_RUN["frames"], seed=1)
-    outcome = {"source_records": src.records, "records": 0, "pmis": 0, "crashed": False,
+    outcome = {"source_records": source_records, "records": 0, "pmis": 0, "crashed": False,
                "reasons": []}
     try:
         vm, steps = replay_restore(state, dest, order)
     except MG.MigrationError as e:
         outcome["reasons"] = e.reasons
-        return src, None, [], outcome
+        return state, None, [], outcome
     w0 = vm.trace.of("PEBS_WRITE").size
     if n:
         res = vm.run(pl.workloads.hot_loop(), n)
         outcome["pmis"] = int(res.pmis_injected)
         outcome["crashed"] = bool(res.crashed)
     outcome["records"] = int(vm.trace.of("PEBS_WRITE").size - w0)
-    return src, vm, steps, outcome
+    return state, vm, steps, outcome
 
 
 _SHORT = {M.MSR_IA32_DS_AREA: "DS_AREA", M.MSR_IA32_PEBS_ENABLE: "PEBS_ENABLE",
@@ -271,7 +287,7 @@ def restore_timeline(design: str = "patch", msr_order: str = "userspace"):
     from matplotlib.patches import Rectangle
 
     check_choice("design", design, DESIGN_NAMES)
-    src, vm, steps, out = restore_steps(design, msr_order)
+    _state, vm, steps, out = restore_steps(design, msr_order)
     fig, ax = plt.subplots(figsize=(11, 4.2))
     fig.subplots_adjust(left=0.14, right=0.98, top=0.82, bottom=0.36)
     rows = ("DS_AREA in KVM", "pages pinned", "PMC0 host event")
