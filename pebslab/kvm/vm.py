@@ -177,6 +177,8 @@ class VCPU:
         self.pmi_pending = False
         self.cr3 = 0
         self.pmis_injected = 0
+        #: pinning work done in the current exit, charged when it ends (pebs_pin.settle_pin_debt)
+        self.pin_debt = 0
         kpmu.kvm_pmu_init(self)
         kpmu.kvm_pmu_cpuid_update(self)     # KVM_SET_CPUID2 with the VM's CPUID
         x86.kvm_misc_enable_refresh(self)
@@ -275,8 +277,10 @@ class VCPU:
             x86.kvm_set_msr(self, index, value)
         except GuestFault as e:
             self.trace("GP", msr=index, value=value, info=str(e))
+            pebs_pin.settle_pin_debt(self)
             raise
         self.trace("MSR_WRITE", msr=index, value=value, info=M.msr_name(index))
+        pebs_pin.settle_pin_debt(self)          # issue 9 item 7: the pinning work costs cycles
 
     def rdpmc(self, ecx: int) -> int:
         """RDPMC in the guest: exits to KVM (RDPMC exiting); the counter or #GP.
@@ -442,6 +446,8 @@ class VM:
         self.memory_pages = memory_pages
         self.cpuid = kvm_filter_cpuid(cpuid, cpu, design)
         self.costs = costs or Costs()
+        #: what pinning and the MMU notifier's upkeep cost (kvm/pebs_pin.py PinCosts)
+        self.pin_costs = pebs_pin.PinCosts()
         self.extra_autoload = extra_autoload
         self.trace = Trace()
         self.ept = np.zeros(memory_pages, np.uint64)
@@ -617,6 +623,7 @@ class VM:
             self._inject_pmi(v, workload)
             if self.crashed:
                 break
+            pebs_pin.settle_pin_debt(v)
             vmx.vmx_prepare_msrs(v)
             failed = vmx.vm_entry(v)
             if failed:
