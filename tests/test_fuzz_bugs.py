@@ -67,22 +67,16 @@ def test_icelake_fixed_counter_3_is_a_gp_not_an_indexerror():
     assert vm.cpuid.pmu()["num_counters_fixed"] <= 3
 
 
-@known_bug("msr/no-load-latency/accepted", "msr/no-load-latency/read",
-           reason="fixed on silvermont: PEBS_ENABLE accepts bit 32 (LL_EN_PMC0); Silvermont "
-                  "has PEBS on PMC0 only and no load-latency facility (FACTS g.3, a.7), and "
-                  "the fixed design promises 'only the CPU's PEBS-capable counters'")
-def test_known_bug_fixed_pebs_enable_takes_a_load_latency_bit_silvermont_lacks():
+def test_fixed_pebs_enable_refuses_a_load_latency_bit_silvermont_lacks():
+    """Found by the MSR sweep: Silvermont has no load-latency facility (FACTS g.3)."""
     _, vm, guest = make("fixed")
     S.manual_pebs(guest, buf_pages=4, period=97, event=0x00C0)   # pinned: PEBS_ENABLE = 1
     with pytest.raises(pl.GuestFault):
         vm.vcpus[0].wrmsr(M.MSR_IA32_PEBS_ENABLE, 1 | 1 << 32)
 
 
-@known_bug("msr/adaptive-without-baseline/accepted", "msr/adaptive-without-baseline/read",
-           reason="icelake: EVENTSEL bit 34 and FIXED_CTR_CTRL bits 32+4i are accepted for a "
-                  "guest whose PERF_CAPABILITIES has no PEBS_BASELINE (no PDCM in its CPUID); "
-                  "upstream intel_pmu_refresh frees them only with BASELINE (FACTS b.5, b.6)")
-def test_known_bug_icelake_adaptive_bits_without_pebs_baseline():
+def test_icelake_adaptive_bits_need_pebs_baseline():
+    """Found by the MSR sweep: intel_pmu_refresh frees the adaptive bits only with BASELINE (FACTS b.5)."""
     nopebs = pl.cpuid.default("icelake").without("DS", "DTES64", "PDCM")
     _, vm, _ = make("icelake", cpu="icelake", cpuid=nopebs)
     v = vm.vcpus[0]
@@ -95,12 +89,8 @@ def test_known_bug_icelake_adaptive_bits_without_pebs_baseline():
 
 @pytest.mark.skipif(not T.has("start_dirty_logging", "get_dirty_log"),
                     reason="the migration module is not available")
-@known_bug("dirty-log/missed-page",
-           reason="review: a page KVM faults in for a pin while dirty logging is on "
-                  "(gfn_to_pfn -> fault_in) is mapped writable and never marked dirty, so the "
-                  "PEBS records written into it are missing from KVM_GET_DIRTY_LOG (a "
-                  "migration would lose them); found by `make fuzz` seed 0 campaign 433")
-def test_known_bug_a_page_pinned_during_dirty_logging_is_written_but_not_reported():
+def test_a_page_pinned_during_dirty_logging_is_reported_dirty():
+    """Found by `make fuzz` (seed 0, campaign 433): gfn_to_pfn faulting a page in while logging reports it dirty."""
     host, vm, guest = make("review")
     S.manual_pebs(guest, buf_pages=4, period=97, event=0x00C0)
     v = vm.vcpus[0]

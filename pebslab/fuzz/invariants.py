@@ -28,6 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..host import perf_hw
+from ..hw import msr as M
 from ..hw.mmu import EPT_ADDR_MASK, EPT_R, PAGE_SIZE as PAGE, is_canonical, leaf_gpa, walk_tables
 from ..hw.pebs import DS_SIZE_PATCH, DebugStore
 from ..trace import KIND_ID as TRACE_KINDS
@@ -266,6 +267,14 @@ def classify_crash(c, vm) -> tuple[bool, str]:
         if c.scribbled:
             return True, "guest mapped beyond its memory (self-harm)"
         return False, "EPT violation outside guest memory without a cause"
+    if reason.startswith("KVM: entry failed, hardware error 0x80000022"):
+        # FACTS g.4: the patch stores a non-canonical DS_AREA unchecked and puts it on the
+        # VM-entry MSR-load list; the entry fails and the VMM stops the VM (host unharmed)
+        ent = getattr(vm, "entry_failure", None) or {}
+        if d.name in ("patch", "review") and ent.get("msr") == M.MSR_IA32_DS_AREA \
+                and not is_canonical(ent.get("value", 0)):
+            return True, "non-canonical DS_AREA in the MSR-load list (patch limitation)"
+        return False, "VM-entry failure without a non-canonical DS_AREA under patch/review"
     if not reason.startswith("PEBS assist"):
         return False, "unexplained crash"
     faults = vm.trace.rows("PEBS_FAULT")

@@ -648,20 +648,28 @@ def pebs_enable_changed(vcpu):
 # set-up from CPUID; init; reset; destroy
 # -----------------------------------------------------------------------------
 
-def pebs_enable_valid_bits(cpu, design, nr_gp: int, nr_fixed: int) -> int:
+def pebs_enable_valid_bits(cpu, design, nr_gp: int, nr_fixed: int,
+                           baseline: bool | None = None) -> int:
     """PEBS_ENABLE bits a guest may set on ``cpu`` under ``design``.
 
     `patch`: the posted constant 0xf0000000f. `model`: the CPU's PEBS
     counters among those the guest has (GP bits, and their load-latency
-    bits 32+i); with ``fixed_counter_pebs`` on a CPU with adaptive PEBS the
-    extended-PEBS layout, GLOBAL_CTRL's (FACTS b.5).
+    bits 32+i where the CPU has load latency: not Silvermont, FACTS g.3);
+    with ``fixed_counter_pebs`` on a CPU with adaptive PEBS and a guest whose
+    PERF_CAPABILITIES has PEBS_BASELINE, the extended-PEBS layout,
+    GLOBAL_CTRL's (FACTS b.5; intel_pmu_refresh() frees the fixed bits only
+    with BASELINE). ``baseline`` None means "the CPU's".
     """
     if design.pebs_enable_mask == "patch":
         return M.PATCH_PEBS_ENABLE_VALID
+    if baseline is None:
+        baseline = cpu.adaptive
     gp = cpu.pebs_counter_mask & ((1 << nr_gp) - 1)
-    if design.fixed_counter_pebs and cpu.adaptive:
+    if design.fixed_counter_pebs and cpu.adaptive and baseline:
         fixed = cpu.pebs_fixed_mask & ((1 << nr_fixed) - 1)
         return gp | fixed << M.INTEL_PMC_IDX_FIXED
+    if not cpu.load_latency:
+        return gp
     return gp | gp << M.PEBS_LL_EN_SHIFT
 
 
@@ -686,6 +694,11 @@ def kvm_pmu_cpuid_update(vcpu) -> None:
     pmu.nr_arch_fixed_counters = 0
     pmu.counter_bitmask = (0, 0)
     pmu.reserved_bits = EVENTSEL_RESERVED_2014
+    pmu.perf_capabilities = guest_perf_capabilities(vcpu)
+    # adaptive PEBS only for a guest whose PERF_CAPABILITIES has PEBS_BASELINE
+    # (intel_pmu_refresh: the adaptive bits are freed only then; FACTS b.5)
+    baseline = d.adaptive_pebs and host.adaptive and \
+        bool(pmu.perf_capabilities & M.PERF_CAP_PEBS_BASELINE)
     if pmu.version:
         pmu.nr_arch_gp_counters = min(leaf["num_counters"], host.n_gp)
         gw = min(leaf["bit_width"], host.width)
@@ -697,7 +710,7 @@ def kvm_pmu_cpuid_update(vcpu) -> None:
         pmu.counter_bitmask = ((1 << gw) - 1, (1 << fw) - 1)
         if host.has_tsx:
             pmu.reserved_bits ^= M.HSW_IN_TX | M.HSW_IN_TX_CHECKPOINTED
-        if d.adaptive_pebs and host.adaptive:
+        if baseline:
             pmu.reserved_bits &= ~M.ICL_EVENTSEL_ADAPTIVE
     nr_gp, nr_fixed = pmu.nr_arch_gp_counters, pmu.nr_arch_fixed_counters
     ctrl = ((1 << nr_gp) - 1) | (((1 << nr_fixed) - 1) << M.INTEL_PMC_IDX_FIXED)
@@ -706,18 +719,19 @@ def kvm_pmu_cpuid_update(vcpu) -> None:
     fixed_rsvd = FIXED_CTR_CTRL_RESERVED_2014
     if nr_fixed > 3:
         fixed_rsvd &= ~(0xB << 12)
-    if d.adaptive_pebs and host.adaptive:
+    if baseline:
         for i in range(nr_fixed):
             fixed_rsvd &= ~(M.ICL_FIXED_0_ADAPTIVE << (4 * i))
     pmu.fixed_ctr_ctrl_mask = fixed_rsvd
-    pmu.pebs_enable_mask = ~pebs_enable_valid_bits(host, d, nr_gp, nr_fixed) & U64_MASK
+    pmu.pebs_enable_mask = ~pebs_enable_valid_bits(
+        host, d, nr_gp, nr_fixed,
+        baseline=bool(pmu.perf_capabilities & M.PERF_CAP_PEBS_BASELINE)) & U64_MASK
     pmu.pebs_data_cfg_mask = ~M.KVM_PEBS_DATA_CFG_VALID & U64_MASK
     pmu.gp_counters = [KvmPmc(i, KVM_PMC_GP) for i in range(nr_gp)]
     pmu.fixed_counters = [KvmPmc(M.INTEL_PMC_IDX_FIXED + i, KVM_PMC_FIXED)
                           for i in range(nr_fixed)]
     pmu.pebs_allowed = all(vcpu.cpuid_has(f) for f in ("DS", "DTES64", "PDCM")) and \
         pmu.version > 0
-    pmu.perf_capabilities = guest_perf_capabilities(vcpu)
 
 
 def kvm_pmu_init(vcpu) -> None:

@@ -401,6 +401,8 @@ class VCPU:
         hfn = self.host_mm.hfn_of(self.vm.id, gfn)
         if hfn < 0:
             hfn = self.vm.fault_in(gfn, why="gfn_to_pfn")
+            # mapped writable while logging: report it (the CPU may write it at once)
+            self.vm.dirty_log.faulted_in(gfn)
         self.host_mm.get_page(hfn)
         self.vm.dirty_log.pinned(gfn)
         return hfn
