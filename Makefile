@@ -40,6 +40,7 @@ test: $(STAMP) book
 bench: $(STAMP)
 	$(PY) bench/bench_core.py
 	$(PY) bench/bench_explorers.py
+	$(PY) bench/bench_fullstack.py
 
 ## Long property campaigns over every design and CPU model (>= 100,000 actions), each
 ## ending with a sweep of every PMU MSR index; FUZZ_JOBS=2 uses two worker processes.
