@@ -352,41 +352,13 @@ def chain_figure(design: str = "patch", cpu: str = "silvermont", event: str = "l
     pebslab only. One arrow per step, in time order, labelled with what
     happened and the simulated guest TSC it happened at.
     """
-    import matplotlib.pyplot as plt
-    from .story import _LANE_COLOURS
+    from .story import sequence_figure
 
     steps = chain_steps(design=design, cpu=cpu, event=event, period=period)
-    n = max(len(steps), 1)
-    fig, ax = plt.subplots(figsize=(10, 0.5 * n + 1.5))
-    xs = {lane: i for i, lane in enumerate(LANES)}
-    top = n + 0.6
-    for lane, x in xs.items():
-        ax.plot([x, x], [0.2, top - 0.3], color="0.6", lw=1, ls="--", zorder=0)
-        ax.text(x, top, lane, ha="center", va="bottom", fontsize=10, fontweight="bold",
-                bbox=dict(boxstyle="round,pad=0.3", fc="white", ec=_LANE_COLOURS[lane]))
-    for k, st in enumerate(steps):
-        y, x0, x1 = n - k, xs[st.src], xs[st.dst]
-        colour = _LANE_COLOURS[st.src]
-        if x0 == x1:
-            ax.annotate("", xy=(x0 + 0.02, y - 0.25), xytext=(x0 + 0.02, y + 0.05),
-                        arrowprops=dict(arrowstyle="->", color=colour,
-                                        connectionstyle="arc3,rad=-1.2", lw=1.5))
-        else:
-            ax.annotate("", xy=(x1, y), xytext=(x0, y),
-                        arrowprops=dict(arrowstyle="-|>", color=colour, lw=1.5))
-        ax.text((x0 + x1) / 2 if x0 != x1 else x0 + 0.12, y + 0.08, f"{k + 1}. {st.label}",
-                ha="center" if x0 != x1 else "left", va="bottom", fontsize=7.5,
-                bbox=dict(fc="white", ec="none", pad=0.5))
-        ax.text(-0.55, y, f"{st.time:,}", ha="right", va="center", fontsize=7, color="0.35")
-    ax.text(-0.55, top, "guest TSC\n(simulated)", ha="right", va="bottom", fontsize=7,
-            color="0.35")
-    ax.set_xlim(-1.3, len(LANES) - 0.4)
-    ax.set_ylim(0, top + 0.7)
-    ax.axis("off")
-    ax.set_title(f"One sample of perf record -e {event_name(cpu, event)}:pp in a {design} guest "
-                 f"on {cpu}\n(every arrow is an event of the run's trace)", fontsize=10)
-    fig.subplots_adjust(left=0.02, right=0.98, top=0.93, bottom=0.02)
-    return fig
+    return sequence_figure(
+        steps, f"One sample of perf record -e {event_name(cpu, event)}:pp in a {design} guest "
+               f"on {cpu}\n(every arrow is an event of the run's trace)",
+        lanes=LANES, row_height=0.5, fontsize=7.5)
 
 
 def design_matrix(cpus=("silvermont", "icelake"), event: str = "loads", period: int = 2003,

@@ -128,19 +128,19 @@ def _precise_event(cpu: str) -> str:
         "MEM_LOAD_RETIRED.L3_MISS:pp")
 
 
-def record_life(design: str = "patch", cpu: str = "silvermont", seed: int = 0):
-    """Draw the life of one PEBS record in a VM as a sequence diagram; return the Figure.
+def sequence_figure(steps, title: str, *, lanes=LANES, row_height: float = 0.55,
+                    fontsize: float = 8):
+    """Draw steps (objects with src, dst, label, time) as a sequence diagram; return the Figure.
 
-    pebslab only. Lanes: guest kernel, KVM, host perf, CPU, guest memory;
-    arrows in time order, each labelled with what happened and the simulated
-    guest time (cycles) from the run's trace (:func:`record_life_steps`).
+    pebslab only. One lane per actor, one arrow per step in order (a step
+    from a lane to itself is a loop), the simulated guest time at the left.
+    Shared by :func:`record_life` and ``viz.profile.chain_figure``.
     """
     import matplotlib.pyplot as plt
 
-    steps = record_life_steps(design=design, cpu=cpu, seed=seed)
     n = max(len(steps), 1)
-    fig, ax = plt.subplots(figsize=(10, 0.55 * n + 1.6))
-    xs = {lane: i for i, lane in enumerate(LANES)}
+    fig, ax = plt.subplots(figsize=(10, row_height * n + 1.6))
+    xs = {lane: i for i, lane in enumerate(lanes)}
     top = n + 0.6
     for lane, x in xs.items():
         ax.plot([x, x], [0.2, top - 0.3], color="0.6", lw=1, ls="--", zorder=0)
@@ -159,14 +159,25 @@ def record_life(design: str = "patch", cpu: str = "silvermont", seed: int = 0):
                         arrowprops=dict(arrowstyle="-|>", color=colour, lw=1.5))
         ax.text((x0 + x1) / 2 if x0 != x1 else x0 + 0.12, y + 0.08,
                 f"{k + 1}. {s.label}", ha="center" if x0 != x1 else "left", va="bottom",
-                fontsize=8, bbox=dict(fc="white", ec="none", pad=0.5))
+                fontsize=fontsize, bbox=dict(fc="white", ec="none", pad=0.5))
         ax.text(-0.55, y, f"{s.time:,}", ha="right", va="center", fontsize=7, color="0.35")
     ax.text(-0.55, top, "guest TSC\n(simulated)", ha="right", va="bottom", fontsize=7,
             color="0.35")
-    ax.set_xlim(-1.3, len(LANES) - 0.4)
+    ax.set_xlim(-1.3, len(lanes) - 0.4)
     ax.set_ylim(0, top + 0.7)
     ax.axis("off")
-    ax.set_title(f"The life of one PEBS record in a VM ({design} design, {cpu}): "
-                 "every arrow is an event of the run's trace", fontsize=10)
-    fig.tight_layout()
+    ax.set_title(title, fontsize=10)
+    fig.subplots_adjust(left=0.02, right=0.98, top=0.93, bottom=0.02)
     return fig
+
+
+def record_life(design: str = "patch", cpu: str = "silvermont", seed: int = 0):
+    """Draw the life of one PEBS record in a VM as a sequence diagram; return the Figure.
+
+    pebslab only. Lanes: guest kernel, KVM, host perf, CPU, guest memory;
+    arrows in time order, each labelled with what happened and the simulated
+    guest time (cycles) from the run's trace (:func:`record_life_steps`).
+    """
+    steps = record_life_steps(design=design, cpu=cpu, seed=seed)
+    return sequence_figure(steps, f"The life of one PEBS record in a VM ({design} design, "
+                                  f"{cpu}): every arrow is an event of the run's trace")
