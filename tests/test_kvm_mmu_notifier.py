@@ -123,6 +123,25 @@ def test_fixed_keeps_guest_pebs_off_for_an_entry_it_cannot_reload():
     assert vm.mmu_notifier.reload_pending == set()
 
 
+def test_fixed_maps_pages_it_pins_after_pressure_before_entry_patch_does_not():
+    # gfn_to_pfn makes a page resident without an EPT entry (hva_to_pfn): pages pinned
+    # after reclaim and never touched by the guest since have none
+    for design, survives in (("fixed", True), ("patch", False)):
+        host, vm, guest = make(design, frames=4096)
+        v = vm.vcpus[0]
+        st = S.manual_pebs(guest, threshold_records=4)
+        v.wrmsr(M.MSR_IA32_PEBS_ENABLE, 0)            # pins dropped
+        host.reclaim(10_000)
+        st.debug_store()                              # DS page and page tables come back
+        v.wrmsr(M.MSR_IA32_PEBS_ENABLE, 1)            # pinned again: buffer still unmapped
+        buf_gfn = v.gva_to_gpa(st.buffer) >> 12
+        assert host.mm.hfn_of(vm.id, buf_gfn) == -1
+        assert host.mm.hfn_of(vm.id, int(host.mm.gfn[vm.kvm.pmu.pinned_pages[-1]])) == -1
+        res = vm.run(HOT, 2_000_000)
+        assert res.crashed is not survives, design
+        assert vm.destroy() == []
+
+
 def test_icelake_takes_the_ept_violation_and_resolves_it():
     host, vm, guest = make("icelake", cpu="icelake", frames=4096)
     st = S.manual_pebs(guest, event=0x20D1)      # MEM_LOAD_RETIRED.L3_MISS

@@ -337,5 +337,10 @@ def pin_for_design(vcpu) -> bool:
         kvm_pmu_pebs_pin(vcpu)
         return bool(vcpu.pmu.pinned_pages)
     if vcpu.design.pin == "fixed":
-        return kvm_pmu_pebs_pin_fixed(vcpu)
+        ok = kvm_pmu_pebs_pin_fixed(vcpu)
+        if ok and vcpu.design.reload_pinned_ept:
+            # gfn_to_pfn made the pages resident, not mapped: map them before the next
+            # entry too (kvm/mmu_notifier.py, issue 9 item 8)
+            vcpu.vm.mmu_notifier.reload_pending.add(vcpu.index)
+        return ok
     return True
