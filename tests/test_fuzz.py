@@ -89,10 +89,11 @@ CI_SETTINGS = settings(max_examples=8, stateful_step_count=30, deadline=None,
                        suppress_health_check=list(HealthCheck))
 
 COMBOS = [(d, c) for d in pl.DESIGN_NAMES for c in pl.MODELS]
+_COMBO_PARAMS = [pytest.param(d, c, id=f"{d}-{c}") for d, c in COMBOS]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("design,cpu", COMBOS, ids=[f"{d}-{c}" for d, c in COMBOS])
+@pytest.mark.parametrize("design,cpu", _COMBO_PARAMS)
 def test_campaign(design, cpu):
     run_state_machine_as_test(machine_for(design, cpu), settings=CI_SETTINGS)
 

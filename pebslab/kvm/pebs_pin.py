@@ -4,7 +4,9 @@ Models the four functions the 2014 patch adds to arch/x86/kvm/pmu.c, in the
 patch's order: kvm_pmu_release_pin, get_guest_page, pin_and_copy,
 kvm_pmu_pebs_pin. The CPU cannot take an EPT fault while it writes a PEBS
 record, so KVM takes a reference (get_page via gfn_to_pfn) on every host
-frame the hardware may write, and reclaim then leaves those frames alone.
+frame the hardware may write. That keeps the *frames*, not their EPT
+entries: reclaim and the other host zappers still unmap the pages and the
+MMU notifier zaps the entries (FACTS g.1; kvm/mmu_notifier.py).
 
 ``kvm_pmu_pebs_pin`` reproduces the posted code exactly, limitations
 included; ``kvm_pmu_pebs_pin_fixed`` is the `fixed` design's version. The
@@ -335,5 +337,10 @@ def pin_for_design(vcpu) -> bool:
         kvm_pmu_pebs_pin(vcpu)
         return bool(vcpu.pmu.pinned_pages)
     if vcpu.design.pin == "fixed":
-        return kvm_pmu_pebs_pin_fixed(vcpu)
+        ok = kvm_pmu_pebs_pin_fixed(vcpu)
+        if ok and vcpu.design.reload_pinned_ept:
+            # gfn_to_pfn made the pages resident, not mapped: map them before the next
+            # entry too (kvm/mmu_notifier.py, issue 9 item 8)
+            vcpu.vm.mmu_notifier.reload_pending.add(vcpu.index)
+        return ok
     return True

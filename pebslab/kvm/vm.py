@@ -26,7 +26,7 @@ from ..hw.mmu import (EPT_ADDR_MASK, EPT_R, PTE_P, PTE_RW, XLATE_EPT, XLATE_PF, 
                       walk_tables)
 from ..hw.models import CpuModel
 from ..trace import Trace
-from . import pebs_pin, pmu as kpmu, vmx, x86
+from . import mmu_notifier, pebs_pin, pmu as kpmu, vmx, x86
 from .cpuid import kvm_filter_cpuid
 from .dirty_log import DirtyLog
 from .._check import check_int as _check_int
@@ -398,11 +398,7 @@ class VCPU:
         """Host frame of a guest frame, faulting it in, with a reference taken (gfn_to_pfn)."""
         if not 0 <= gfn < self.vm.memory_pages:
             return None
-        hfn = self.host_mm.hfn_of(self.vm.id, gfn)
-        if hfn < 0:
-            hfn = self.vm.fault_in(gfn, why="gfn_to_pfn")
-            # mapped writable while logging: report it (the CPU may write it at once)
-            self.vm.dirty_log.faulted_in(gfn)
+        hfn = mmu_notifier.gfn_to_pfn(self, gfn)       # host memory; EPT untouched
         self.host_mm.get_page(hfn)
         self.vm.dirty_log.pinned(gfn)
         return hfn
@@ -470,7 +466,9 @@ class VM:
         self.tick_hooks: list = []
         #: called with the VM once it is destroyed (the Host forgets it)
         self.destroy_hooks: list = []
-        host_mm.register_vm(vm_id, self.ept, self._invept)
+        #: KVM's MMU notifier (kvm/mmu_notifier.py): host zappers reach it
+        self.mmu_notifier = mmu_notifier.KvmMmuNotifier(self)
+        host_mm.register_vm(vm_id, self.ept, self._invept, notifier=self.mmu_notifier)
         for gfn in range(memory_pages):
             host_mm.populate(vm_id, gfn)
         self.vcpus = [VCPU(self, i, PCpu(cpu, seed * 1000 + pcpu_base + i, pcpu_base + i))
@@ -626,7 +624,10 @@ class VM:
             if self.crashed:
                 break
             pebs_pin.settle_pin_debt(v)
+            pebs_ok = self.mmu_notifier.kvm_check_request(v)     # issue 9 item 8
             vmx.vmx_prepare_msrs(v)
+            if not pebs_ok:
+                mmu_notifier.force_guest_pebs_off(v)
             failed = vmx.vm_entry(v)
             if failed:
                 vmx.vm_exit(v)           # 26.7: host state and the exit-load list
