@@ -213,7 +213,7 @@ GLOSSARY: tuple[Term, ...] = (
        "data address and latency; Silvermont has none, and the patch does not emulate it.",
        r"load latency", r"load-latency"),
     _t("Silvermont", "00_welcome",
-       "Intel's 2013 Atom core, the only one the patch supports: PEBS on PMC0 only, "
+       "The Atom core the patch supports, and the only one: PEBS on PMC0 only, "
        "format 2, trap-like, with reserved address/source/latency fields.",
        r"Silvermont"),
     _t("perf event", "00_welcome",
@@ -244,7 +244,7 @@ GLOSSARY: tuple[Term, ...] = (
        _W + r"VMX" + _E),
     _t("VM exit", "00_welcome",
        "The CPU leaving the guest for the hypervisor (an intercepted WRMSR, an NMI, an EPT "
-       "violation...); it costs hundreds to thousands of cycles.",
+       "violation...); the guest stops until KVM enters it again.",
        r"\bexits?\b"),
     _t("VM entry", "00_welcome",
        "The CPU entering the guest; it loads guest state, including the MSRs on the "
@@ -327,8 +327,9 @@ GLOSSARY: tuple[Term, ...] = (
        "adaptive records.",
        r"PEBS_BASELINE", r"[Bb]aseline"),
     _t("perf_pebs_virtualization", "00_welcome",
-       "The host-perf helper of the series (patches 1-3) saying whether this host can "
-       "virtualize PEBS; the patch gates the CPUID bits and the PEBS MSRs on it.",
+       "The host perf helper the patch calls to ask whether this host can virtualize PEBS "
+       "(defined elsewhere in the series); the patch gates the CPUID bits and the PEBS MSRs "
+       "on it.",
        r"perf_pebs_virtualization"),
     _t("pebs_allowed", "00_welcome",
        "The per-VM flag Eric Northup asked for: PEBS MSRs visible only when the guest's "
@@ -338,9 +339,8 @@ GLOSSARY: tuple[Term, ...] = (
        "The host kernel's perf subsystem; KVM asks it for counters on the guest's behalf.",
        r"host perf\b"),
     _t("guest-owned event", "07_switching_msrs",
-       "A host perf event created for a guest counter (the last argument of "
-       "__perf_event_create_kernel_counter in patch 3); host perf then leaves its PEBS "
-       "state to the guest while the guest runs.",
+       "A host perf event created for a guest counter and marked as the guest's (the last "
+       "argument the patch passes to __perf_event_create_kernel_counter).",
        r"guest-owned", r"guest_owned"),
     _t("cross-mapped counter", "04_cpuid_and_msrs",
        "A guest counter backed by a different host counter (guest PMC0 on host PMC1); "
@@ -360,16 +360,16 @@ GLOSSARY: tuple[Term, ...] = (
        "(\"perf: interrupt took too long\"), from kernel/events/core.c.",
        r"throttl"),
     _t("perf_cpu_time_max_percent", "09_timing",
-       "The sysctl bounding the CPU time perf's sampling interrupts may take; 0 turns the "
-       "throttling check off, as the patch's commit message suggests for guests.",
+       "The sysctl bounding the share of CPU time perf's sampling interrupts may take; the "
+       "patch's commit message suggests writing 0 in a guest to stop the throttling.",
        r"perf_cpu_time_max_percent"),
     _t("migration", "00_welcome",
        "Moving a running VM to another host: its memory while it runs, then the vCPU "
        "state, MSRs included.",
        r"\b[Mm]igrat"),
     _t("dirty logging", "10_migration",
-       "KVM write-protecting guest memory to record which pages changed, page by page, "
-       "during live migration.",
+       "KVM recording which guest pages were written since the last look, so live "
+       "migration can send them again.",
        r"[Dd]irty[ -]log"),
     _t("design", "00_welcome",
        "pebslab's name for one variant of KVM: patch (as posted), review (Northup's gate), "
@@ -446,47 +446,53 @@ REFERENCES: tuple[Reference, ...] = (
        "torvalds/linux v3.15.5",
        "What a page reference keeps under reclaim: the frame, not the EPT entry (05, 06)."),
     _r("fb358e0b811e", "kernel commit", "perf/x86/intel: Add EPT-Friendly PEBS for Ice Lake Server",
-       "torvalds/linux fb358e0b811e", "pebs_ept: guest PEBS without pinning (12)."),
-    _r("69e575dd4fba", "kernel commit", "perf/x86/intel: Handle guest PEBS overflow PMI for KVM guest",
-       "torvalds/linux 69e575dd4fba", "Bit 62 delivered to the guest upstream (08, 12)."),
-    _r("39a4d779546a", "kernel commit", "perf/x86/core: Pass struct kvm_pmu * to determine the guest values",
-       "torvalds/linux 39a4d779546a", "intel_guest_get_msrs learns the guest's PEBS state (07)."),
-    _r("bef6ecca46ac", "kernel commit", "KVM: x86/pmu: Set MSR_IA32_MISC_ENABLE_EMON bit when vPMU is enabled",
-       "torvalds/linux bef6ecca46ac", "The MISC_ENABLE bits a guest reads (04)."),
-    _r("2c985527dd8d", "kernel commit", "KVM: x86/pmu: Introduce the ctrl_mask value for fixed counter",
-       "torvalds/linux 2c985527dd8d", "Masks computed once per vCPU (kvm_pmu_cpuid_update, 04)."),
-    _r("0d23dc34a7ce", "kernel commit", "perf/x86/core: Add pebs_capable to store valid PEBS_COUNTER_MASK value",
-       "torvalds/linux 0d23dc34a7ce", "Which counters host perf lets a guest use for PEBS (07, 12)."),
-    _r("c59a1f106f5c", "kernel commit", "KVM: x86/pmu: Add IA32_PEBS_ENABLE MSR emulation for extended PEBS",
-       "torvalds/linux c59a1f106f5c", "Upstream's PEBS_ENABLE: checked, no pinning (04, 12)."),
-    _r("79f3e3b58386", "kernel commit", "KVM: x86/pmu: Reprogram PEBS event to emulate guest PEBS counter",
+       "torvalds/linux fb358e0b811e", "pebs_ept: guest PEBS that needs no pinning (05, 06, 12)."),
+    _r("69e575dd4fba", "kernel commit", "Handle guest PEBS overflow PMI for KVM guest",
+       "torvalds/linux 69e575dd4fba", "How upstream delivers the guest's bit-62 PMI (08)."),
+    _r("39a4d779546a", "kernel commit", "perf/x86/core: Pass struct kvm_pmu * ...",
+       "torvalds/linux 39a4d779546a", "Host perf is told the guest's PMU state when it fills the "
+       "switch lists (c.3)."),
+    _r("bef6ecca46ac", "kernel commit", "Set MSR_IA32_MISC_ENABLE_EMON ...",
+       "torvalds/linux bef6ecca46ac", "The MISC_ENABLE bit a guest with a vPMU reads."),
+    _r("2c985527dd8d", "kernel commit", "Introduce the ctrl_mask value for fixed counter",
+       "torvalds/linux 2c985527dd8d", "Reserved-bit masks computed once per vCPU, as "
+       "kvm_pmu_cpuid_update does here."),
+    _r("0d23dc34a7ce", "kernel commit", "Add pebs_capable ...",
+       "torvalds/linux 0d23dc34a7ce", "Which counters host perf treats as PEBS counters."),
+    _r("c59a1f106f5c", "kernel commit", "Add IA32_PEBS_ENABLE MSR emulation for extended PEBS",
+       "torvalds/linux c59a1f106f5c", "Upstream's PEBS_ENABLE: checked, switched, nothing pinned "
+       "(04, 07, 11, 12)."),
+    _r("79f3e3b58386", "kernel commit", "Reprogram PEBS event to emulate guest PEBS counter",
        "torvalds/linux 79f3e3b58386", "Upstream's precise_ip for a guest PEBS counter (03, 08)."),
-    _r("6ebe44366bde", "kernel commit", "KVM: x86/pmu: Adjust precise_ip to emulate Ice Lake guest PDIR counter",
-       "torvalds/linux 6ebe44366bde", "precise_ip beyond 1 (08)."),
-    _r("8183a538cd95", "kernel commit", "KVM: x86/pmu: Add IA32_DS_AREA MSR emulation to support guest DS",
-       "torvalds/linux 8183a538cd95", "DS_AREA checked for canonical form, as the patch did not (07)."),
-    _r("902caeb6841a", "kernel commit", "KVM: x86/pmu: Add PEBS_DATA_CFG MSR emulation to support adaptive PEBS",
-       "torvalds/linux 902caeb6841a", "Adaptive PEBS in a guest (12)."),
-    _r("d10551738f6a", "kernel commit", "KVM: x86/pmu: Set PEBS_UNAVAIL in IA32_MISC_ENABLE when PEBS is enabled",
-       "torvalds/linux d10551738f6a", "How a guest learns PEBS is usable (04)."),
-    _r("854250329c02", "kernel commit", "KVM: x86/pmu: Disable guest PEBS temporarily in two rare situations",
+    _r("6ebe44366bde", "kernel commit", "Adjust precise_ip to emulate Ice Lake guest PDIR counter",
+       "torvalds/linux 6ebe44366bde", "precise_ip above 1 for a guest counter."),
+    _r("8183a538cd95", "kernel commit", "Add IA32_DS_AREA MSR emulation",
+       "torvalds/linux 8183a538cd95", "DS_AREA checked for a canonical address, which the patch "
+       "did not do (04, 06, 07, 10-12)."),
+    _r("902caeb6841a", "kernel commit", "Add PEBS_DATA_CFG MSR emulation to support adaptive PEBS",
+       "torvalds/linux 902caeb6841a", "Adaptive PEBS in a guest (11, 12)."),
+    _r("d10551738f6a", "kernel commit", "Set PEBS_UNAVAIL in IA32_MISC_ENABLE when PEBS is enabled",
+       "torvalds/linux d10551738f6a", "The MISC_ENABLE bit that tells a guest PEBS is usable."),
+    _r("854250329c02", "kernel commit", "Disable guest PEBS temporarily in two rare situations",
        "torvalds/linux 854250329c02", "Cross-mapped counters and host PEBS users (12)."),
-    _r("968635abd5f5", "kernel commit", "KVM: x86/pmu: Add kvm_pmu_cap to optimize perf_get_x86_pmu_capability",
-       "torvalds/linux 968635abd5f5", "Host capabilities read once, like the patch's host_perf_cap (04)."),
-    _r("59cc99f6e971", "kernel commit", "KVM: x86/cpuid: Refactor host/guest CPU model consistency check",
-       "torvalds/linux 59cc99f6e971", "Guest CPUID against the host's (04, 11)."),
-    _r("cf8e55fe50df", "kernel commit", "KVM: x86/cpuid: Expose CPUIDs feature bits PDCM, DS, DTES64",
+    _r("968635abd5f5", "kernel commit", "Add kvm_pmu_cap ...",
+       "torvalds/linux 968635abd5f5", "Host PMU capabilities read once, as the patch reads "
+       "host_perf_cap once."),
+    _r("59cc99f6e971", "kernel commit", "Refactor host/guest CPU model consistency check",
+       "torvalds/linux 59cc99f6e971", "The guest's CPU model checked against the host's."),
+    _r("cf8e55fe50df", "kernel commit", "Expose CPUIDs feature bits PDCM, DS, DTES64",
        "torvalds/linux cf8e55fe50df", "Upstream's version of the patch's cpuid.c hunk (04, 11)."),
     _r("971079464001", "kernel commit", "KVM: x86/pmu: fix masking logic for MSR_CORE_PERF_GLOBAL_CTRL",
-       "torvalds/linux 971079464001 (2024-01-04)", "A switching bug that crashed guests (07)."),
+       "torvalds/linux 971079464001 (2024-01-04)", "A switching bug that crashed every guest on "
+       "a host (07, 12)."),
     _r("bfb088d9fb5a", "kernel commit", "KVM: vmx, pmu: accept 0 for host-initiated write to MSR_IA32_DS_AREA",
-       "torvalds/linux bfb088d9fb5a", "Restoring DS_AREA from userspace (10)."),
-    _r("feb889fb40fa", "kernel commit", "mm: don't put pinned pages into the swap cache",
-       "torvalds/linux feb889fb40fa (v5.11)", "Reclaim skips DMA-pinned anon pages, which a "
-       "gfn_to_pfn reference never is (06)."),
-    _r("6c1c07b33eb0", "kernel commit", "perf/x86/intel: Avoid unnecessary PEBS_ENABLE MSR access in PMI",
-       "torvalds/linux 6c1c07b33eb0 (v5.7)", "Why a 3.15 guest re-pinned twice per PMI and a "
-       "current one does not (06, 09)."),
+       "torvalds/linux bfb088d9fb5a", "Restoring DS_AREA from user space (04, 10)."),
+    _r("feb889fb40fa", "kernel commit", "Reclaim skips pinned anonymous pages before add_to_swap (v5.11)",
+       "torvalds/linux feb889fb40fa", "Only a DMA pin counts, and the reference gfn_to_pfn takes "
+       "never is one (06)."),
+    _r("6c1c07b33eb0", "kernel commit", "Avoid unnecessary PEBS_ENABLE MSR access in PMI (v5.7)",
+       "torvalds/linux 6c1c07b33eb0", "Why a 3.15 guest writes PEBS_ENABLE twice per PMI and a "
+       "current one does not (09)."),
     _r("kut-pmu_pebs.c", "kvm-unit-tests", "x86/pmu_pebs.c",
        "kvm-unit-tests, x86/pmu_pebs.c", "How KVM's guest PEBS is tested: DS layout, "
        "adaptive records, start values near overflow (02, 12)."),
