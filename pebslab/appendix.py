@@ -14,6 +14,7 @@ notebook. Flip it to ``False`` once that notebook is merged.
 from __future__ import annotations
 
 import dataclasses
+import html
 import importlib
 import json
 import re
@@ -26,7 +27,7 @@ __all__ = [
     "Term", "Reference", "Mechanism", "GLOSSARY", "REFERENCES", "MECHANISMS", "PATCH_HUNKS",
     "NOTEBOOK_DIR", "notebook_stems", "notebook_path", "notebook_headings", "notebook_markdown",
     "notebook_code", "resolve", "mentions", "first_mention", "check_term", "check_mechanism",
-    "glossary_table", "references_table", "mechanism_table", "hunk_walk",
+    "glossary_table", "references_table", "mechanism_table", "hunk_walk", "Table",
 ]
 
 #: the notebooks of this repository
@@ -911,7 +912,7 @@ def check_mechanism(row: Mechanism, root=None, *, imports: bool = True) -> list[
 
 # ----------------------------------------------------------------------------- rendering
 
-_IDENT = re.compile(r"(?<![\w`])([A-Za-z_][A-Za-z0-9]*_[A-Za-z0-9_]*(?:\(\))?)")
+_IDENT = re.compile(r"(?<![\w`])([A-Za-z_][A-Za-z0-9]*_[A-Za-z0-9_]*(?:\.[a-z]+\b)?(?:\(\))?)")
 
 
 def _code_idents(s: str) -> str:
@@ -924,10 +925,50 @@ def _cell(s: str) -> str:
     return str(s).replace("|", "\\|").replace("\n", " ")
 
 
-def _table(header: tuple, rows) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_cell(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
+def _html_cell(s: str) -> str:
+    """A cell's markdown (code spans, bold, <br>) as HTML, everything else escaped."""
+    out = []
+    for i, part in enumerate(str(s).split("`")):
+        part = html.escape(part, quote=False)
+        if i % 2:
+            out.append(f"<code>{part}</code>")
+        else:
+            part = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", part)
+            out.append(part.replace("&lt;br&gt;", "<br>"))
+    return "".join(out)
+
+
+class Table(str):
+    """A markdown table that Jupyter shows as an HTML table.
+
+    pebslab only. It *is* the markdown ``str`` (tests and callers use it as
+    one); notebooks and the book display its HTML form, which every
+    renderer shows as a table.
+    """
+
+    def __new__(cls, header: tuple, rows):
+        rows = [tuple(str(c) for c in r) for r in rows]
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(_cell(c) for c in r) + " |" for r in rows]
+        self = super().__new__(cls, "\n".join(lines))
+        self.header, self.rows = tuple(header), rows
+        return self
+
+    def __repr__(self) -> str:
+        return f"<table of {len(self.rows)} rows: {', '.join(self.header)}>"
+
+    def _repr_pretty_(self, p, cycle) -> None:
+        p.text(repr(self))
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th style=\"text-align:left\">{html.escape(h)}</th>" for h in self.header)
+        body = "".join("<tr>" + "".join(f"<td style=\"text-align:left\">{_html_cell(c)}</td>"
+                                        for c in r) + "</tr>" for r in self.rows)
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _table(header: tuple, rows) -> Table:
+    return Table(header, rows)
 
 
 def glossary_table() -> str:
