@@ -9,6 +9,8 @@ section changes one line.
 A mechanism row marked ``pending=True`` points at a notebook or section that
 is still being written outside main; the test skips it and names the
 notebook. Flip it to ``False`` once that notebook is merged.
+
+Used in: notebook 99 (the appendix); checked by tests/test_appendix.py.
 """
 
 from __future__ import annotations
@@ -813,6 +815,13 @@ def notebook_code(stem: str, root=None) -> list[str]:
 
 # ----------------------------------------------------------------------------- checks
 
+def _check_row(name: str, value, cls):
+    if not isinstance(value, cls):
+        raise TypeError(f"{name} must be a {cls.__name__} (a row of pebslab.appendix); "
+                        f"got {type(value).__name__} {value!r}")
+    return value
+
+
 def resolve(dotted: str):
     """Import ``dotted`` (module, then attributes; dataclass fields count) and return it.
 
@@ -842,12 +851,14 @@ def resolve(dotted: str):
 
 def mentions(term: Term, stem: str, root=None) -> bool:
     """Does notebook ``stem``'s markdown (its glossary aside) use ``term``?"""
+    _check_row("term", term, Term)
     text = notebook_markdown(stem, root)
     return any(re.search(p, text) for p in term.regexes())
 
 
 def first_mention(term: Term, root=None) -> str | None:
     """The first course notebook whose markdown uses ``term``, or None."""
+    _check_row("term", term, Term)
     for stem in notebook_stems(root):
         if mentions(term, stem, root):
             return stem
@@ -860,6 +871,7 @@ def check_term(term: Term, root=None) -> list[str]:
     Only notebooks present under ``root`` are read; a row whose notebook is
     not there is checked only for earlier uses.
     """
+    _check_row("term", term, Term)
     problems = []
     stems = notebook_stems(root)
     earlier = [s for s in stems if s < term.first and mentions(term, s, root)]
@@ -883,6 +895,7 @@ def check_mechanism(row: Mechanism, root=None, *, imports: bool = True) -> list[
     notebook, the exercise is a checker the notebook calls, and that the row
     has an explorer or an exercise.
     """
+    _check_row("row", row, Mechanism)
     problems = []
     if not row.explorer and not row.exercise:
         problems.append(f"{row.mechanism!r}: neither explorer nor exercise")

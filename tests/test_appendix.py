@@ -247,6 +247,12 @@ def test_bad_arguments_are_named():
         A.references_table(kind="blog")
     with pytest.raises(TypeError, match="pending"):
         A.mechanism_table(pending="yes")
+    with pytest.raises(TypeError, match="row must be a Mechanism"):
+        A.check_mechanism("06_pinning")
+    with pytest.raises(TypeError, match="term must be a Term"):
+        A.check_term("PEBS")
+    with pytest.raises(TypeError, match="term must be a Term"):
+        A.first_mention("PEBS")
     with pytest.raises(ImportError, match="no_such"):
         A.resolve("pebslab.kvm.pmu.no_such")
 
