@@ -248,11 +248,11 @@ GLOSSARY: tuple[Term, ...] = (
     _t("VM exit", "00_welcome",
        "The CPU leaving the guest for the hypervisor (an intercepted WRMSR, an NMI, an EPT "
        "violation...); the guest stops until KVM enters it again.",
-       r"\bexits?\b"),
+       r"VM[ -]exits?"),
     _t("VM entry", "00_welcome",
        "The CPU entering the guest; it loads guest state, including the MSRs on the "
        "VM-entry MSR-load list.",
-       r"\bentry\b", r"\bentries\b"),
+       r"VM[ -]entry", r"VM[ -]entries"),
     _t("MSR-load list", "00_welcome",
        "The VMCS lists of MSRs the CPU loads at VM entry and VM exit (8 slots in 2014 "
        "KVM); the patch puts DS_AREA on it.",
@@ -311,7 +311,7 @@ GLOSSARY: tuple[Term, ...] = (
        _W + r"PDCM" + _E),
     _t("DS (CPUID bit)", "00_welcome",
        "CPUID.1:EDX bit 21, Debug Store: says the DS save area and IA32_DS_AREA exist.",
-       _W + r"DS" + _E),
+       _W + r"DS" + _E + r"(?! (save )?area)"),
     _t("DTES64", "00_welcome",
        "CPUID.1:ECX bit 2: the DS area uses the 64-bit layout; Linux's PEBS driver "
        "requires it.",
