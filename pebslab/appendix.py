@@ -938,13 +938,18 @@ def _cell(s: str) -> str:
     return str(s).replace("|", "\\|").replace("\n", " ")
 
 
+#: long dotted names wrap (at their dots first), so a wide table still fits the page
+_CODE_CSS = "white-space:normal;overflow-wrap:break-word"
+
+
 def _html_cell(s: str) -> str:
     """A cell's markdown (code spans, bold, <br>) as HTML, everything else escaped."""
     out = []
     for i, part in enumerate(str(s).split("`")):
         part = html.escape(part, quote=False)
         if i % 2:
-            out.append(f"<code>{part}</code>")
+            part = part.replace(".", ".<wbr>")      # long dotted names break at the dots
+            out.append(f"<code style=\"{_CODE_CSS}\">{part}</code>")
         else:
             part = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", part)
             out.append(part.replace("&lt;br&gt;", "<br>"))
@@ -959,12 +964,14 @@ class Table(str):
     renderer shows as a table.
     """
 
-    def __new__(cls, header: tuple, rows):
+    def __new__(cls, header: tuple, rows, widths: tuple | None = None):
         rows = [tuple(str(c) for c in r) for r in rows]
+        if widths is not None and (len(widths) != len(header) or sum(widths) != 100):
+            raise ValueError(f"widths must be {len(header)} percentages adding up to 100; got {widths!r}")
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(_cell(c) for c in r) + " |" for r in rows]
         self = super().__new__(cls, "\n".join(lines))
-        self.header, self.rows = tuple(header), rows
+        self.header, self.rows, self.widths = tuple(header), rows, widths
         return self
 
     def __repr__(self) -> str:
@@ -977,17 +984,23 @@ class Table(str):
         head = "".join(f"<th style=\"text-align:left\">{html.escape(h)}</th>" for h in self.header)
         body = "".join("<tr>" + "".join(f"<td style=\"text-align:left\">{_html_cell(c)}</td>"
                                         for c in r) + "</tr>" for r in self.rows)
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        style, cols = "font-size:0.85em", ""
+        if self.widths:
+            style += ";table-layout:fixed;width:100%"
+            cols = "<colgroup>" + "".join(f"<col style=\"width:{w}%\">" for w in self.widths) + "</colgroup>"
+        return (f"<div style=\"overflow-x:auto\"><table style=\"{style}\">{cols}<thead><tr>"
+                f"{head}</tr></thead><tbody>{body}</tbody></table></div>")
 
 
-def _table(header: tuple, rows) -> Table:
-    return Table(header, rows)
+def _table(header: tuple, rows, widths: tuple | None = None) -> Table:
+    return Table(header, rows, widths)
 
 
 def glossary_table() -> str:
     """The glossary as a markdown table: term, definition, first used in."""
     return _table(("term", "definition", "first used in"),
-                  ((f"**{t.term}**", _code_idents(t.definition), t.first[:2]) for t in GLOSSARY))
+                  ((f"**{t.term}**", _code_idents(t.definition), t.first[:2]) for t in GLOSSARY),
+                  (20, 70, 10))
 
 
 def references_table(kind: str | None = None) -> str:
@@ -997,7 +1010,8 @@ def references_table(kind: str | None = None) -> str:
         check_choice("kind", kind, kinds)
     return _table(("source", "where", "what it is for here"),
                   ((r.title if r.kind != "kernel commit" else f"`{r.key}` {r.title}", r.where,
-                    _code_idents(r.used_for)) for r in REFERENCES if kind is None or r.kind == kind))
+                    _code_idents(r.used_for)) for r in REFERENCES if kind is None or r.kind == kind),
+                  (35, 30, 35))
 
 
 def _short(dotted: str | None) -> str:
@@ -1017,10 +1031,12 @@ def mechanism_table(pending: bool = True) -> str:
                      "<br>".join(_short(p) for p in m.pebslab), where,
                      _short(m.explorer), f"`check.{m.exercise}`" if m.exercise else ""))
     return _table(("mechanism", "in the patch", "pebslab", "notebook § section", "explorer",
-                   "exercise"), rows)
+                   "exercise"), rows, (24, 12, 22, 18, 12, 12))
 
 
 def hunk_walk() -> str:
     """The patch's hunks in order, as a markdown table: file, where, what, notebooks."""
     return _table(("#", "file", "where", "what it adds", "notebooks"),
-                  ((i, f"`{f}`", _code_idents(w), _code_idents(what), nb) for i, (f, w, what, nb) in enumerate(PATCH_HUNKS, 1)))
+                  ((i, f"`{f}`", _code_idents(w), _code_idents(what), nb)
+                   for i, (f, w, what, nb) in enumerate(PATCH_HUNKS, 1)),
+                  (5, 25, 25, 35, 10))
