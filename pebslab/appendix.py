@@ -938,7 +938,7 @@ def _cell(s: str) -> str:
     return str(s).replace("|", "\\|").replace("\n", " ")
 
 
-#: long dotted names wrap (at their dots first), so a wide table still fits the page
+#: long dotted names and paths wrap (at dots and slashes first), so a wide table fits the page
 _CODE_CSS = "white-space:normal;overflow-wrap:break-word"
 
 
@@ -948,7 +948,7 @@ def _html_cell(s: str) -> str:
     for i, part in enumerate(str(s).split("`")):
         part = html.escape(part, quote=False)
         if i % 2:
-            part = part.replace(".", ".<wbr>")      # long dotted names break at the dots
+            part = part.replace(".", ".<wbr>").replace("/", "/<wbr>")   # break at dots and slashes
             out.append(f"<code style=\"{_CODE_CSS}\">{part}</code>")
         else:
             part = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", part)
@@ -1039,4 +1039,4 @@ def hunk_walk() -> str:
     return _table(("#", "file", "where", "what it adds", "notebooks"),
                   ((i, f"`{f}`", _code_idents(w), _code_idents(what), nb)
                    for i, (f, w, what, nb) in enumerate(PATCH_HUNKS, 1)),
-                  (5, 25, 25, 35, 10))
+                  (4, 24, 24, 36, 12))
