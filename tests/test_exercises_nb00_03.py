@@ -56,3 +56,38 @@ def test_ex00_pins_expected_values_follow_the_designs():
     res = check.ex00_pins(lambda d, c: 17 if (d, c) == ("patch", "silvermont") else -1,
                           quiet=True)
     assert res.passed == 1
+
+
+def test_ex01_count_names_the_mistake():
+    def right(sel, nu, nk):
+        if sel >> 32:
+            return "#GP"
+        if not sel >> 22 & 1:
+            return 0
+        return (nu if sel >> 16 & 1 else 0) + (nk if sel >> 17 & 1 else 0)
+
+    assert check.ex01_count(right, quiet=True).ok
+    res = check.ex01_count(lambda s, nu, nk: right(s & 0xFFFFFFFF, nu, nk), quiet=True)
+    assert not res.ok and "reserved" in res.hint
+    swapped = lambda s, nu, nk: right((s & ~0x30000) | (s >> 1 & 0x10000) | (s << 1 & 0x20000),  # noqa: E731
+                                      nu, nk)
+    res = check.ex01_count(swapped, quiet=True)
+    assert not res.ok and "USR (bit 16)" in res.hint
+
+
+def test_ex01_offsets_separates_skid_from_the_next_instruction():
+    right = lambda s: list(range(min(1, s) + 1, s + 2))  # noqa: E731
+    assert check.ex01_offsets(right, quiet=True).ok
+    res = check.ex01_offsets(lambda s: list(range(min(1, s), s + 1)), quiet=True)
+    assert not res.ok and "next instruction" in res.hint
+
+
+def test_skid_title_agrees_with_the_bars():
+    # the title names the range the bars of skid_histogram occupy: skid + 1 (SKID_MIN..SKID_MAX
+    # is the model's ASSUMPTION in pebslab/hw/models.py)
+    from pebslab.hw.models import SKID_MAX, SKID_MIN
+    from pebslab.viz.pmu import skid_data, skid_title
+    d = skid_data()
+    lo, hi = int(d["offsets"].min()), int(d["offsets"].max())
+    assert (lo, hi) == (SKID_MIN + 1, SKID_MAX + 1)
+    assert f"{lo}..{hi}" in skid_title(d["skid_min"], d["skid_max"], 1, 1)
