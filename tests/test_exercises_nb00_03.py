@@ -91,3 +91,24 @@ def test_skid_title_agrees_with_the_bars():
     lo, hi = int(d["offsets"].min()), int(d["offsets"].max())
     assert (lo, hi) == (SKID_MIN + 1, SKID_MAX + 1)
     assert f"{lo}..{hi}" in skid_title(d["skid_min"], d["skid_max"], 1, 1)
+
+
+def test_ex02_until_pmi_and_hexdump_name_the_mistake():
+    right = lambda i, t, s: (t - i + s - 1) // s  # noqa: E731
+    assert check.ex02_until_pmi(right, quiet=True).ok
+    res = check.ex02_until_pmi(lambda i, t, s: right(i, t, s) - 1, quiet=True)
+    assert not res.ok and "one short" in res.hint
+
+    def parse(text, order="little", swap=False):
+        data = bytearray()
+        for line in text.splitlines():
+            data += bytes(int(h, 16) for h in line.split(":", 1)[1].split("|")[0].split())
+        f = lambda o: int.from_bytes(data[o:o + 8], order)  # noqa: E731
+        ip, eip = (0xB0, 0x08) if swap else (0x08, 0xB0)
+        return {"flags": f(0), "ip": f(ip), "status": f(0x90), "eventing_ip": f(eip)}
+
+    assert check.ex02_hexdump(parse, quiet=True).ok
+    res = check.ex02_hexdump(lambda t: parse(t, "big"), quiet=True)
+    assert not res.ok and "big-endian" in res.hint
+    res = check.ex02_hexdump(lambda t: parse(t, swap=True), quiet=True)
+    assert not res.ok and "trap-like" in res.hint
