@@ -112,3 +112,35 @@ def test_ex02_until_pmi_and_hexdump_name_the_mistake():
     assert not res.ok and "big-endian" in res.hint
     res = check.ex02_hexdump(lambda t: parse(t, swap=True), quiet=True)
     assert not res.ok and "trap-like" in res.hint
+
+
+def test_ex03_checkers_name_the_mistake():
+    # kvm_perf_overflow of the patch (seed document): bit 62 instead of the counter's bit
+    right = lambda ovf: sum({(1 << 62) if p else (1 << i) for i, p in ovf})  # noqa: E731
+    assert check.ex03_status(right, quiet=True).ok
+    also = lambda ovf: right(ovf) | sum(1 << i for i, _p in ovf)  # noqa: E731
+    res = check.ex03_status(lambda o: right(o) | also(o), quiet=True)
+    assert not res.ok and "INSTEAD" in res.hint
+
+    from pebslab.kvm.pmu import ARCH_EVENTS
+
+    def host_event(sel, strict_raw=True):
+        what = 0xFFFF | 1 << 18 | 1 << 23 | 0xFF << 24
+        if not sel & (1 << 18 | 1 << 23 | 0xFF << 24):
+            for ev, um, hw in ARCH_EVENTS:
+                if (ev, um) == (sel & 0xFF, sel >> 8 & 0xFF):
+                    return "HARDWARE", hw
+        return "RAW", sel & what if strict_raw else sel
+
+    assert check.ex03_host_event(host_event, quiet=True).ok
+    res = check.ex03_host_event(lambda s: host_event(s, strict_raw=False), quiet=True)
+    assert not res.ok and "RAW config keeps only" in res.hint
+
+    def ignores_cmask(sel):
+        for ev, um, hw in ARCH_EVENTS:
+            if (ev, um) == (sel & 0xFF, sel >> 8 & 0xFF):
+                return "HARDWARE", hw
+        return host_event(sel)
+
+    res = check.ex03_host_event(ignores_cmask, quiet=True)
+    assert not res.ok and "CMASK" in res.hint
