@@ -17,7 +17,7 @@ from ..hw import msr as M
 from ..hw.models import get_model
 from ._base import run_cases
 
-__all__ = ["ex01_preset"]
+__all__ = ["ex01_preset", "ex01_count", "ex01_offsets"]
 
 #: A model with full-width counter writes (PERF_CAPABILITIES.FW_WRITES), so a
 #: preset of any width can be written as is through IA32_A_PMC0 (0x4C1).
@@ -144,3 +144,142 @@ def ex01_preset(candidate, *, quiet: bool = False, strict: bool = False):
 
     hint = _diagnose(candidate)
     return run_cases("ex01_preset", on_case, cases, hint=hint, quiet=quiet, strict=strict)
+
+
+# ---------------------------------------------------------------------------
+# ex01_count (apply): what does an event select count?
+
+#: (description, event select value) of the cases; INST_RETIRED.ANY_P (0xC0)
+_COUNT_SELS = (
+    ("USR|OS|EN", dict(usr=True, os=True, en=True)),
+    ("USR|EN", dict(usr=True, os=False, en=True)),
+    ("OS|EN", dict(usr=False, os=True, en=True)),
+    ("OS|INT|EN", dict(usr=False, os=True, int=True, en=True)),
+    ("USR|OS, EN clear", dict(usr=True, os=True, en=False)),
+    ("EN only (neither USR nor OS)", dict(usr=False, os=False, en=True)),
+)
+_COUNT_RESERVED = (("USR|OS|EN + bit 32 (IN_TX, Haswell only)", 1 << 32),
+                   ("USR|OS|EN + bit 34 (ADAPTIVE, Ice Lake only)", 1 << 34))
+_COUNT_LENGTHS = (100_000, 33_333)
+
+
+def _count_on_model(value: int, n: int):
+    """Program PMC0 with ``value`` on a bare-metal Silvermont, run ``n`` instructions of multi_function."""
+    from ..baremetal import BareMetal
+    from ..workloads import multi_function
+    import numpy as np
+    machine = BareMetal("silvermont", frames=64, seed=0)
+    cpu = machine.vcpu
+    w = multi_function()
+    i = np.arange(n) % len(w)
+    n_kernel = int(np.count_nonzero(w.cpl[i] == 0))
+    try:
+        cpu.wrmsr(M.MSR_P6_EVNTSEL0, value)
+    except GuestFault:
+        return n - n_kernel, n_kernel, "#GP"
+    cpu.wrmsr(M.MSR_CORE_PERF_GLOBAL_CTRL, 1)
+    machine.run(w, n)
+    return n - n_kernel, n_kernel, int(cpu.rdmsr(M.MSR_IA32_PERFCTR0))
+
+
+def _count_cases() -> list:
+    cases = []
+    sels = [(d, M.encode_eventsel(0xC0, **kw)) for d, kw in _COUNT_SELS]
+    base = M.encode_eventsel(0xC0, usr=True, os=True, en=True)
+    sels += [(d, base | bit) for d, bit in _COUNT_RESERVED]
+    for n in _COUNT_LENGTHS:
+        for desc, value in sels:
+            nu, nk, got = _count_on_model(value, n)
+            cases.append((f"{desc} ({value:#x}) over {nu} user + {nk} kernel instructions",
+                          (value, nu, nk), got))
+    return cases
+
+
+def _count_hint(candidate) -> str:
+    base = M.encode_eventsel(0xC0, usr=True, os=True, en=True)
+    try:
+        off = candidate(M.encode_eventsel(0xC0, usr=True, os=True, en=False), 10, 5)
+        none = candidate(M.encode_eventsel(0xC0, en=True, usr=False, os=False), 10, 5)
+        user = candidate(M.encode_eventsel(0xC0, usr=True, os=False, en=True), 10, 5)
+        gp = candidate(base | 1 << 32, 10, 5)
+    except NotImplementedError:
+        return ""
+    except Exception as e:  # noqa: BLE001
+        return f"your function raised {type(e).__name__}: {e}"
+    if gp != "#GP":
+        return ("bits 63:32 of IA32_PERFEVTSELx are reserved on Silvermont: the WRMSR itself "
+                "faults, and nothing is counted; return the string '#GP'")
+    if off != 0:
+        return "with EN (bit 22) clear the counter does not count at all"
+    if user == 5:
+        return "USR (bit 16) counts at CPL > 0, i.e. user code; OS (bit 17) at CPL 0"
+    if none != 0:
+        return "with neither USR nor OS set, no privilege level is counted"
+    return "decode the bits with the table of the notebook: EN, USR, OS, and the reserved bits"
+
+
+def ex01_count(candidate, *, quiet: bool = False, strict: bool = False):
+    """Check ``instructions_counted(eventsel, n_user, n_kernel) -> int | '#GP'``.
+
+    pebslab only. Each case writes an INST_RETIRED.ANY_P event select to
+    PERFEVTSEL0 of a bare-metal Silvermont, enables PMC0 in GLOBAL_CTRL,
+    runs multi_function (user code and a read() system call in kernel
+    code) and reads PMC0; '#GP' if the WRMSR faulted (reserved bits).
+    """
+    if not callable(candidate):
+        raise TypeError(f"candidate must be a function; got {type(candidate).__name__}")
+    try:
+        candidate(M.encode_eventsel(0xC0, usr=True, os=True, en=True), 1, 1)
+    except NotImplementedError:
+        return run_cases("ex01_count", candidate, [("a first call", (0, 1, 1), 0)],
+                         quiet=quiet, strict=strict)
+    except Exception:  # noqa: BLE001
+        pass
+    return run_cases("ex01_count", candidate, _count_cases(), hint=_count_hint(candidate),
+                     quiet=quiet, strict=strict)
+
+
+# ---------------------------------------------------------------------------
+# ex01_offsets (investigate): where can an interrupt-based sample land?
+
+_OFFSET_SKIDS = (0, 1, 2, 4, 8, 12)
+
+
+def ex01_offsets(candidate, *, quiet: bool = False, strict: bool = False):
+    """Check ``sample_offsets(skid_max) -> list[int]``: the sample-IP offsets the model produces.
+
+    pebslab only. Expected: the sorted distinct offsets (instructions after
+    the overflowing one) of interrupt-based ``cycles`` samples on
+    ``hot_loop``, from pebslab.viz.pmu.skid_data(skid_max=...) (period
+    10007, seed 0, one million instructions), for several skid_max.
+    """
+    from ..viz.pmu import skid_data
+    if not callable(candidate):
+        raise TypeError(f"candidate must be a function; got {type(candidate).__name__}")
+    try:
+        candidate(8)
+    except NotImplementedError:
+        return run_cases("ex01_offsets", candidate, [("a first call", (8,), [])],
+                         quiet=quiet, strict=strict)
+    except Exception:  # noqa: BLE001
+        pass
+    cases = []
+    for s in _OFFSET_SKIDS:
+        d = skid_data(skid_max=s)
+        cases.append((f"skid_max = {s} ({len(d['offsets'])} samples)", (s,),
+                      sorted({int(x) for x in d["offsets"]})))
+    hint = ""
+    try:
+        got = [int(x) for x in candidate(8)]
+        if got == list(range(1, 9)):
+            hint = ("those are the skids; the handler records the interrupted IP, the next "
+                    "instruction to run, one further on")
+        elif 0 in got:
+            hint = "can a PMI ever be taken before the overflowing instruction has retired?"
+        got0 = [int(x) for x in candidate(0)]
+        if not hint and got0 != [1]:
+            hint = "try skid_max = 0 on the model first: viz.pmu.skid_data(skid_max=0)"
+    except Exception:  # noqa: BLE001
+        pass
+    return run_cases("ex01_offsets", lambda s: sorted(int(x) for x in candidate(s)), cases,
+                     hint=hint, quiet=quiet, strict=strict)

@@ -21,7 +21,7 @@ from .. import workloads as W
 from ..hw import msr as M
 from ..hw.models import MODELS, get_model
 
-__all__ = ["eventsel_fields", "eventsel_explorer", "skid_data", "skid_histogram",
+__all__ = ["eventsel_fields", "eventsel_explorer", "skid_data", "skid_histogram", "skid_title",
            "EXPLORERS", "SKID_WORKLOADS", "SKID_EVENTS", "MAX_SKID_SAMPLES"]
 
 # ---------------------------------------------------------------------------
@@ -251,6 +251,19 @@ def skid_data(period: int = 10007, skid_max: int = 8, seed: int = 0, workload: s
     }
 
 
+def skid_title(skid_min: int, skid_max: int, samples: int, instructions: int) -> str:
+    """The left panel's title: the model's skid and where the bars therefore are.
+
+    pebslab only. The PMI is taken after ``skid_min..skid_max`` more
+    instructions retire (the ASSUMPTION ``SKID_MIN, SKID_MAX`` of
+    pebslab/hw/models.py) and reports the *next* instruction, so the
+    sample IP is ``skid + 1`` instructions after the overflowing one.
+    """
+    return (f"skid {skid_min}..{skid_max} (assumed) + 1 = sample IP {skid_min + 1}.."
+            f"{skid_max + 1} after the overflow\n{samples} samples in {instructions:,} "
+            "instructions")
+
+
 def skid_histogram(period: int = 10007, skid_max: int = 8, seed: int = 0,
                    workload: str = "hot_loop", event: str = "cycles",
                    instructions: int = 1_000_000):
@@ -276,8 +289,8 @@ def skid_histogram(period: int = 10007, skid_max: int = 8, seed: int = 0,
     a1.set_xticks(np.arange(hi))
     a1.set_xlabel("sample IP: instructions after the overflowing one")
     a1.set_ylabel("samples")
-    a1.set_title(f"skid {d['skid_min']}..{d['skid_max']}: {len(offs)} samples "
-                 f"in {d['instructions']:,} instructions", fontsize=10)
+    a1.set_title(skid_title(d['skid_min'], d['skid_max'], len(offs), d['instructions']),
+                 fontsize=10)
 
     x = np.arange(n)
     c_ovf = np.bincount(ovf, minlength=n)
