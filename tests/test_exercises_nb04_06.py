@@ -67,3 +67,38 @@ def test_wrong_page_layout_aligned_is_told_the_loop_reaches_every_page():
 def test_wrong_page_layout_bad_shape_is_named():
     res = check.ex06_wrong_page(lambda: (0, 2048, 8), quiet=True)
     assert not res.ok and "dict" in res.hint
+
+
+# ----------------------------------------------------------------------------- 04
+
+def test_slm_check_that_keeps_the_load_latency_bit_is_told_silvermont_has_none():
+    res = check.ex04_slm_pebs_enable(lambda v: (v & ~((1 << 32) | 1)) == 0, quiet=True)
+    assert not res.ok and "load-latency" in res.hint
+    # exactly the values with bit 32 and nothing outside {0, 32}: 0x100000000, 0x100000001
+    assert {d for d, _, _ in res.failed} == {"value=0x100000000", "value=0x100000001"}
+
+
+def test_driver_view_expected_agrees_with_the_model_guest_driver():
+    # what the simulated guest kernel's probe() concludes from the Silvermont patch value
+    import pebslab as pl
+    from pebslab.exercises.nb04 import driver_view_expected
+    host = pl.Host(cpu="silvermont", frames=256, seed=0)
+    guest = pl.GuestKernel(host.create_vm(design="patch", memory_pages=32))
+    info = guest.perf.probe()
+    exp = driver_view_expected(info.perf_capabilities)
+    assert exp["pebs"] == info.has_pebs
+    assert exp["record_size"] == info.pebs_record_size == 192   # FACTS a.2: hsw record
+    assert exp["max_period"] == info.max_period == 2**31 - 1    # no FW_WRITES
+    assert exp["pp_ip"] == "eventing_ip"                          # FACTS a.6: fmt >= 2
+
+
+def test_driver_view_that_ignores_the_trap_bit_is_told_about_the_fixup():
+    right = _load("04_driver_view", "driver_view")
+
+    def no_trap(cap):
+        out = right(cap)
+        if out["pp_ip"] == "lbr_fixup":
+            out["pp_ip"] = "as_recorded"
+        return out
+    res = check.ex04_driver_view(no_trap, quiet=True)
+    assert not res.ok and "pp_ip" in res.hint and "trap-like" in res.hint
