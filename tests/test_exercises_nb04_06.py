@@ -102,3 +102,34 @@ def test_driver_view_that_ignores_the_trap_bit_is_told_about_the_fixup():
         return out
     res = check.ex04_driver_view(no_trap, quiet=True)
     assert not res.ok and "pp_ip" in res.hint and "trap-like" in res.hint
+
+
+# ----------------------------------------------------------------------------- 05
+
+def test_walk_that_forgets_the_offset_is_told_the_byte_needs_it():
+    right = _load("05_walk", "walk")
+
+    def page_only(cr3, gva, read_u64):
+        out = right(cr3, gva, read_u64)
+        if len(out) == 5:
+            out[-1] &= ~0xFFF
+        return out
+    res = check.ex05_walk(page_only, quiet=True)
+    assert not res.ok and "12-bit offset" in res.hint
+
+
+def test_walk_that_never_stops_is_told_about_the_present_bit():
+    right = _load("05_walk", "walk")
+
+    def no_stop(cr3, gva, read_u64):
+        out = right(cr3, gva, read_u64)
+        return out + [0] * (5 - len(out))
+    res = check.ex05_walk(no_stop, quiet=True)
+    assert not res.ok and "not present" in res.hint
+
+
+def test_walk_expected_values_follow_4_level_paging():
+    # SDM 4-level paging: the PML4 entry of a GVA is at CR3 + 8 * bits 47:39
+    from pebslab.exercises.nb05 import _walk_cases
+    for desc, (cr3, gva, _read), exp in _walk_cases():
+        assert exp[0] == (cr3 & ~0xFFF) + 8 * (gva >> 39 & 0x1FF), desc
