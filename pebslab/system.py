@@ -81,8 +81,14 @@ class Host:
             self.reclaim(self.pressure)
 
     def reclaim(self, n: int) -> list[tuple[int, int, int]]:
-        """Memory pressure: swap out up to ``n`` unpinned guest pages (seeded order)."""
-        out = self.mm.reclaim(n)
+        """Memory pressure: reclaim up to ``n`` guest pages (seeded order); return those swapped out.
+
+        Every victim loses its EPT entry (the MMU notifier); an unpinned
+        one is swapped out, a pinned one keeps its frame in the swap cache
+        (HostMM.reclaim, FACTS g.1). Both are traced (RECLAIM).
+        """
+        kept: list[tuple[int, int, int]] = []
+        out = self.mm.reclaim(n, kept=kept)
         by_vm = {vm.id: vm for vm in self.vms}
         for vm_id, gfn, hfn in out:
             vm = by_vm.get(vm_id)
@@ -90,4 +96,11 @@ class Host:
                 v = vm.vcpus[0]
                 v.trace("RECLAIM", gpa=gfn << 12, hpa=hfn << 12, frame=hfn,
                         info=f"swapped out gfn {gfn:#x} (frame {hfn})")
+        for vm_id, gfn, hfn in kept:                    # issue 9 item 8
+            vm = by_vm.get(vm_id)
+            if vm is not None and vm.vcpus:
+                vm.vcpus[0].trace(
+                    "RECLAIM", gpa=gfn << 12, hpa=hfn << 12, frame=hfn,
+                    info=f"gfn {gfn:#x} unmapped, frame {hfn} kept in the swap cache (refcount "
+                         f"{self.mm.ref(hfn)}: pinned); its EPT entry is gone")
         return out

@@ -20,9 +20,14 @@ HOT = pl.workloads.hot_loop()
 # prerequisites: a knob that only acts through another knob
 PREREQ = {
     "pin": {"pin_limit": FIXED.pin_limit},
+    # a pin keeps the frame, not the EPT entry (FACTS g.1): surviving reclaim also
+    # needs the reload of the pinned pages' EPT entries before entry
     "track_guest_page_tables": {"pin": "fixed", "pin_limit": FIXED.pin_limit,
-                                "pin_page_tables": True},
-    "pin_page_tables": {"pin": "fixed", "pin_limit": FIXED.pin_limit},
+                                "pin_page_tables": True, "reload_pinned_ept": True},
+    "pin_page_tables": {"pin": "fixed", "pin_limit": FIXED.pin_limit,
+                        "reload_pinned_ept": True},
+    "reload_pinned_ept": {"pin": "fixed", "pin_limit": FIXED.pin_limit,
+                          "pin_page_tables": True},
 }
 
 
@@ -80,6 +85,14 @@ def _survives_pressure_on_page_tables(knobs):
     S.manual_pebs(g, threshold_records=4)
     host.reclaim(10_000)          # page-table pages are unpinned unless the knob pins them
     return not vm.run(HOT, 2_000_000).crashed
+
+
+def _survives_pressure_on_pinned_pages(knobs):
+    host, vm, g = vm_with(knobs)
+    S.manual_pebs(g, threshold_records=4)
+    host.reclaim(10_000)          # zaps the EPT entries of every pinned page too
+    res = vm.run(HOT, 2_000_000)
+    return not res.crashed and vm.trace.of("PEBS_WRITE").size > 0
 
 
 def _pin_failure_gp(knobs):
@@ -152,6 +165,7 @@ DEMOS = {
     "repin_on_ds_area_write": _new_ds_pinned,
     "track_guest_page_tables": _survives_remap,
     "pin_page_tables": _survives_pressure_on_page_tables,
+    "reload_pinned_ept": _survives_pressure_on_pinned_pages,
     "pin_failure": _pin_failure_gp,
     "pebs_enable_mask": _pebs_enable_pmc3_gp,
     "ds_area_canonical_check": _noncanonical_ds_gp,

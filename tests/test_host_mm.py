@@ -153,20 +153,53 @@ def test_reclaim_swaps_out_and_populate_restores_bytes():
     mm.check_invariants()
 
 
-def test_reclaim_skips_pinned_frames():
+def test_reclaim_unmaps_pinned_frames_but_keeps_them():
+    # FACTS g.1: 3.15 shrink_page_list() unmaps (MMU notifier: EPT entry zapped) before
+    # pageout() sees the extra reference; the frame stays in the swap cache and the next
+    # access refaults the same frame. (Was: test_reclaim_skips_pinned_frames, which
+    # asserted the pinned pages kept their EPT entries.)
     mm = HostMM(40)
     vm = FakeVM(mm, 1, 10)
     hfns = vm.populate_all()
+    for g in range(10):
+        mm.write_phys(hfns[g] * PAGE_SIZE, bytes([g + 1]) * PAGE_SIZE)
     pinned = {hfns[2], hfns[5], hfns[9]}
     for h in pinned:
         mm.get_page(h)
-    got = mm.reclaim(100)
-    assert len(got) == 7
+    kept = []
+    got = mm.reclaim(100, kept=kept)
+    assert len(got) == 7 and vm.flushes == 1
     assert {h for _, _, h in got}.isdisjoint(pinned)
+    assert sorted(kept) == [(1, 2, hfns[2]), (1, 5, hfns[5]), (1, 9, hfns[9])]
     for g in (2, 5, 9):
-        assert int(vm.ept[g]) & EPT_R and not mm.is_swapped(1, g)
-    assert mm.reclaim(5) == []  # only pinned frames are left
+        assert int(vm.ept[g]) == 0                          # the EPT entry is gone
+        assert not mm.is_swapped(1, g) and mm.is_unmapped(1, g)
+        assert mm.ref(hfns[g]) == 2 and mm.owner[hfns[g]] == 1
+        assert hfns[g] in mm.swap_cache
+    mm.check_invariants()
+    assert mm.reclaim(5) == []  # only pinned frames are left, already in the swap cache
     assert sorted(mm.frames_of(1)) == sorted(pinned)
+    for g in (2, 5, 9):                                     # the next access: same frame
+        assert mm.populate(1, g) == hfns[g]
+        assert mm.read_phys(hfns[g] * PAGE_SIZE, 1) == bytes([g + 1])
+        assert not mm.is_unmapped(1, g) and hfns[g] not in mm.swap_cache
+    mm.check_invariants()
+
+
+def test_a_swap_cache_page_whose_pin_is_dropped_is_swapped_out_next_time():
+    mm = HostMM(40)
+    vm = FakeVM(mm, 1, 4)
+    hfns = vm.populate_all()
+    mm.write_phys(hfns[1] * PAGE_SIZE, b"\x5a" * PAGE_SIZE)
+    mm.get_page(hfns[1])
+    mm.reclaim(100)
+    assert hfns[1] in mm.swap_cache
+    mm.put_page(hfns[1])                     # the pin goes; the swap cache keeps the page
+    assert mm.owner[hfns[1]] == 1 and mm.ref(hfns[1]) == 1
+    assert mm.reclaim(100) == [(1, 1, hfns[1])]
+    assert mm.is_swapped(1, 1) and mm.owner[hfns[1]] == FRAME_FREE
+    h = mm.populate(1, 1)
+    assert mm.read_phys(h * PAGE_SIZE, PAGE_SIZE) == b"\x5a" * PAGE_SIZE
     mm.check_invariants()
 
 

@@ -59,27 +59,40 @@ def test_ds_area_straddling_two_pages_is_pinned_twice():
     assert len(need) == 18
 
 
-def test_reclaim_skips_pinned_frames_and_unpinned_page_crashes_patch_guest_only():
+def test_reclaim_unmaps_pinned_frames_and_the_patch_guest_crashes_on_its_buffer():
+    # FACTS g.1 (3.15 shrink_page_list -> try_to_unmap -> MMU notifier -> kvm_unmap_hva):
+    # a pin keeps the frame, not the EPT entry. (This test used to assert that reclaim
+    # skipped pinned frames and left their EPT entries: the behaviour item 8 corrects.)
     host, vm, guest = make("patch", frames=4096)
     other = host.create_vm(design="patch", memory_pages=256)
     # one record per hot load; no PMI before the buffer is full
     st = S.manual_pebs(guest, buf_offset=2048, period=1, threshold_records=65536)
     pinned = list(vm.kvm.pmu.pinned_pages)
+    gfns = [int(host.mm.gfn[f]) for f in pinned]
     host.reclaim(10_000)                           # everything that can go, goes
-    assert all(host.mm.owner[f] == vm.id for f in pinned)
-    st.debug_store()          # the guest touches its DS: its page tables come back in
+    for f, g in zip(pinned, gfns):
+        assert host.mm.owner[f] == vm.id and host.mm.ref(f) == 2   # frame kept, still pinned
+        assert host.mm.hfn_of(vm.id, g) == -1                       # ... but not in EPT
+        assert host.mm.is_unmapped(vm.id, g) and not host.mm.is_swapped(vm.id, g)
+        assert f in host.mm.swap_cache
+    zaps = vm.trace.of("EPT_ZAP")
+    assert set(pinned) <= set(zaps["frame"].tolist())
+    st.debug_store()          # the guest touches its DS: page tables and DS page come back
+    assert host.mm.hfn_of(vm.id, gfns[0]) == pinned[0]         # the same frame refaults
     res = vm.run(HOT, 2_000_000)
-    # the records fill the pinned pages, then reach the last (unpinned, swapped)
-    # page of the unaligned buffer: an EPT violation Silvermont cannot handle
+    # the first record goes to the pinned first buffer page, whose EPT entry is gone:
+    # an EPT violation Silvermont cannot deliver from a PEBS assist
     assert res.crashed and vm.crashed and "PEBS assist" in vm.crash_reason
     fault = vm.trace.of("PEBS_FAULT")
-    last_page = (st.absolute_maximum - 1) & ~0xFFF
-    assert len(fault) == 1 and int(fault["gva"][0]) & ~0xFFF == last_page
+    assert len(fault) == 1 and int(fault["gva"][0]) & ~0xFFF == st.buffer & ~0xFFF
+    assert int(fault["gpa"][0]) >> 12 in gfns[1:]
+    assert vm.trace.of("PEBS_WRITE").size == 0
     assert len(vm.trace.of("GUEST_CRASH")) == 1
     # the other VM is unaffected
     assert not other.crashed
     r2 = other.run(HOT, 10_000)
     assert r2.instructions == 10_000
+    host.mm.check_invariants()
 
 
 def test_fixed_design_survives_the_same_pressure():

@@ -293,7 +293,12 @@ def ex06_repin(candidate, *, quiet: bool = False, strict: bool = False):
 # ----------------------------------------------------------------------------- the wrong page
 
 def _layout_run(design: str, layout: dict):
-    """manual_pebs with ``layout`` (period 97, no PMI), full reclaim, then run; return facts."""
+    """manual_pebs with ``layout`` (period 97, no PMI), full compaction, then run; return facts.
+
+    Compaction (HostMM.compact) skips pinned pages before unmapping them
+    (FACTS g.1), so only the pages the design left unpinned lose their EPT
+    entries: the layout's own flaw, not reclaim's, decides the outcome.
+    """
     from ..workloads import hot_loop
 
     host = Host(frames=1024, seed=0)
@@ -302,7 +307,7 @@ def _layout_run(design: str, layout: dict):
     guest = GuestKernel(vm)
     st = scenarios.manual_pebs(guest, period=97, threshold_records=10**4, **layout)
     pinned = vm.kvm.pmu.num_pinned_pages
-    host.reclaim(10_000)
+    host.mm.compact(10_000)
     st.debug_store()            # guest software reads its DS: its page tables come back
     res = vm.run(hot_loop(), 5_000_000)
     return st, pinned, res, vm.crash_reason or ""
@@ -314,7 +319,7 @@ def ex06_wrong_page(candidate, *, quiet: bool = False, strict: bool = False):
     pebslab only. The layout must make the 2014 patch leave a buffer page
     unpinned *because of its loop* (fewer than 17 pins, so the cap is not
     the cause), and that page must be the one the PEBS assist faults on
-    after full memory pressure (period 97, threshold past the end, the
+    after full compaction (period 97, threshold past the end, the
     guest's page tables faulted back in), while the `fixed` design runs
     the same layout to the end. Each failed condition is named.
     """

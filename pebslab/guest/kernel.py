@@ -11,7 +11,7 @@ load_cr3), ``machine.phys`` (its physical memory), ``machine.trace`` and
 from __future__ import annotations
 
 from .mm import GuestMM
-from .perf import GuestPerf
+from .perf import GuestPerf, check_linux
 
 __all__ = ["GuestKernel"]
 
@@ -24,15 +24,23 @@ class GuestKernel:
     CR3 on every vCPU, then create the perf driver, which probes the PMU
     lazily on first use (init_hw_perf_events() runs at early_initcall time
     in Linux; here ``perf.probe()`` runs on the first ``record``/``stat``).
+
+    ``linux`` picks the perf driver's era: "current" (the default: today's
+    driver) or "3.15" (the patch's era: a PMI handler that writes
+    PEBS_ENABLE twice per PMI, a one-page PEBS buffer with a one-record
+    threshold; FACTS g.2).
     """
 
-    def __init__(self, machine):
+    def __init__(self, machine, linux: str = "current"):
+        linux = check_linux(linux)
         for attr in ("vcpus", "phys", "trace", "run"):
             if not hasattr(machine, attr):
                 raise TypeError(f"machine must provide vcpus, phys, trace and run "
                                 f"(docs/ARCHITECTURE.md); {type(machine).__name__} "
                                 f"has no {attr!r}")
         self.machine = machine
+        #: the kernel's era: "current" or "3.15" (guest/perf.py LINUX_ERAS)
+        self.linux = linux
         self.mm = GuestMM(machine.phys)
         for vcpu in machine.vcpus:
             vcpu.load_cr3(self.mm.cr3)
@@ -52,4 +60,4 @@ class GuestKernel:
         self.mm.write(gva, data)
 
     def __repr__(self) -> str:
-        return f"GuestKernel(machine={self.machine!r})"
+        return f"GuestKernel(machine={self.machine!r}, linux={self.linux!r})"

@@ -42,13 +42,43 @@ __all__ = [
     "PEBS_BUFFER_SIZE", "PEBS_BUFFER_PAGES", "X86_RAW_EVENT_MASK", "GENERIC_EVENTS",
     "PEBS_CYCLES_ALIAS_CORE2", "PEBS_CYCLES_ALIAS_SNB", "SAMPLE_DTYPE", "PmuInfo",
     "EventSpec", "PerfOpenError", "GuestPerf", "Recording", "Counting", "parse_event",
-    "model_from_signature", "decode_signature",
+    "model_from_signature", "decode_signature", "LINUX_ERAS", "check_linux",
 ]
 
 PAGE_SIZE = P.PAGE_SIZE
 #: PEBS_BUFFER_SIZE = PAGE_SIZE << 4 (arch/x86/events/intel/ds.c; FACTS a.4).
 PEBS_BUFFER_SIZE = PAGE_SIZE << 4
 PEBS_BUFFER_PAGES = PEBS_BUFFER_SIZE // PAGE_SIZE
+
+#: The guest kernel eras pebslab models (``GuestKernel(vm, linux=...)``):
+#: "current" is the driver described above (the PMI handler leaves
+#: PEBS_ENABLE alone since 6c1c07b33eb0, v5.7); "3.15" is the patch's era
+#: (arch/x86/kernel/cpu/perf_event_intel.c and perf_event_intel_ds.c of
+#: v3.15; FACTS g.2): its PMI handler writes PEBS_ENABLE = 0 on entry and the
+#: value back on exit, its PEBS buffer is one page (PEBS_BUFFER_SIZE =
+#: PAGE_SIZE) with a one-record threshold (alloc_pebs_buffer(): thresh = 1),
+#: no auto-reload (the drain re-arms the counter, intel_pmu_save_and_restart())
+#: and no large PEBS.
+LINUX_ERAS = ("current", "3.15")
+#: PEBS_BUFFER_SIZE of the 3.15 driver: one page (perf_event_intel_ds.c).
+PEBS_BUFFER_SIZE_3_15 = PAGE_SIZE
+#: PEBS formats the 3.15 intel_ds_init() knows: 0, 1, 2; any other prints
+#: "no PEBS fmtN" and leaves PEBS off (perf_event_intel_ds.c, intel_ds_init()).
+PEBS_FORMATS_3_15 = (0, 1, 2)
+
+
+def check_linux(linux) -> str:
+    """Validate a guest kernel era name; return it.
+
+    pebslab only. Allowed: the names in LINUX_ERAS.
+    """
+    if not isinstance(linux, str):
+        raise TypeError(f"linux must be a str, one of {', '.join(map(repr, LINUX_ERAS))}; "
+                        f"got {type(linux).__name__} {linux!r}")
+    if linux not in LINUX_ERAS:
+        raise ValueError(f"linux must be one of {', '.join(map(repr, LINUX_ERAS))}; "
+                         f"got {linux!r}")
+    return linux
 #: MAX_PEBS_EVENTS_FMT4: GP counters with a DS reset slot (intel_ds.h).
 MAX_PEBS_EVENTS = P.MAX_PEBS_EVENTS_FMT4
 #: X86_RAW_EVENT_MASK (arch/x86/include/asm/perf_event.h): event, umask,
@@ -189,6 +219,8 @@ class PmuInfo:
     pebs_counter_mask: int
     max_pebs_events: int
     max_precise: int
+    #: the PEBS formats this kernel's intel_ds_init() knows
+    pebs_formats_known: tuple = P.PEBS_FORMATS
 
     @property
     def cntval_mask(self) -> int:
@@ -221,7 +253,7 @@ class PmuInfo:
         if self.perf_cap_gp:
             parts.append("RDMSR IA32_PERF_CAPABILITIES raised #GP")
         elif self.has_pdcm:
-            fmt_ok = self.pebs_format in P.PEBS_FORMATS
+            fmt_ok = self.pebs_format in self.pebs_formats_known
             parts.append(f"PEBS format {self.pebs_format}"
                          + ("" if fmt_ok else " unknown (\"no PEBS fmt\" in intel_ds_init())"))
             if fmt_ok and self.has_ds and self.has_dtes64:
@@ -563,6 +595,8 @@ class GuestPerf:
         self.kernel = kernel
         self.machine = kernel.machine
         self.vcpu = self.machine.vcpus[0]
+        #: the kernel's era (LINUX_ERAS): "current" or "3.15"
+        self.linux = check_linux(getattr(kernel, "linux", "current"))
         self.info: PmuInfo | None = None
         self.events: dict[int, _Event] = {}
         self.pebs_enabled = 0
@@ -643,7 +677,8 @@ class GuestPerf:
             except GuestFault:
                 cap_gp = True
         fmt = (caps & M.PERF_CAP_PEBS_FORMAT) >> M.PERF_CAP_PEBS_FORMAT_SHIFT
-        has_pebs = (has_ds and has_dtes64 and has_pdcm and not cap_gp and fmt in P.PEBS_FORMATS
+        known = PEBS_FORMATS_3_15 if self.linux == "3.15" else P.PEBS_FORMATS
+        has_pebs = (has_ds and has_dtes64 and has_pdcm and not cap_gp and fmt in known
                     and version > 0 and num_gp > 0)
         model = model_from_signature(eax_1)
         gp_mask = (1 << num_gp) - 1
@@ -666,12 +701,13 @@ class GuestPerf:
             pebs_trap=bool(caps & M.PERF_CAP_PEBS_TRAP),
             pebs_arch_reg=bool(caps & M.PERF_CAP_ARCH_REG),
             fw_writes=bool(caps & M.PERF_CAP_FW_WRITES),
-            pebs_baseline=bool(caps & M.PERF_CAP_PEBS_BASELINE) and fmt >= 4,
+            pebs_baseline=bool(caps & M.PERF_CAP_PEBS_BASELINE) and fmt >= 4 and fmt in known,
             has_pebs=has_pebs, pebs_record_size=rec_size, pebs_counter_mask=pebs_mask,
             max_pebs_events=min(MAX_PEBS_EVENTS, num_gp),
             # x86_pmu_max_precise(): 1 for constant skid, +1 for the eventing IP
             # (format >= 2) or the LBR fix-up (format 0/1: here reported inexact)
             max_precise=2 if has_pebs else 0,
+            pebs_formats_known=known,
         )
         self.info = info
         self.pebs_record_size = rec_size
@@ -838,11 +874,18 @@ class GuestPerf:
         Linux keeps both per CPU while any event needs them. The pages come
         from kernel.mm.alloc (kernel virtual memory; Linux maps them in the
         cpu_entry_area).
+
+        The 3.15 guest (``linux="3.15"``) allocates one page for every
+        format (PEBS_BUFFER_SIZE = PAGE_SIZE) and writes the threshold here,
+        one record above the base (alloc_pebs_buffer() in v3.15
+        arch/x86/kernel/cpu/perf_event_intel_ds.c: thresh = 1).
         """
         if self.ds_gva is not None:
             return
         info = self.info
         pages = 1 if info.pebs_format == 0 else PEBS_BUFFER_PAGES
+        if self.linux == "3.15":
+            pages = PEBS_BUFFER_SIZE_3_15 // PAGE_SIZE     # one page, every format
         mm = self.kernel.mm
         ds = mm.alloc(1)
         buf = mm.alloc(pages)
@@ -855,6 +898,10 @@ class GuestPerf:
         self._ds_write(P.DS_OFF_PEBS_INDEX, buf)
         self._ds_write(P.DS_OFF_PEBS_ABS_MAX, buf + size * (bsize // size))
         self.pebs_threshold = None
+        if self.linux == "3.15":
+            # 3.15 alloc_pebs_buffer(): thresh = 1, "always use a single PEBS record"
+            self._ds_write(P.DS_OFF_PEBS_THRESHOLD, buf + size)
+            self.pebs_threshold = buf + size
         try:
             self._wrmsr(M.MSR_IA32_DS_AREA, ds)       # init_debug_store_on_cpu()
         except GuestFault:
@@ -1131,7 +1178,12 @@ class GuestPerf:
         if large_pebs and not spec.precise_ip:
             raise ValueError(f"large_pebs applies to precise (PEBS) events only; {event!r} has "
                              "no :p modifier")
+        if large_pebs and self.linux == "3.15":
+            raise ValueError("large_pebs must be False on the 3.15 guest: its driver always "
+                             "uses a one-record threshold (alloc_pebs_buffer(), thresh = 1)")
         ev = _Event(spec, period, sampling=True, large_pebs=bool(large_pebs))
+        if self.linux == "3.15":
+            ev.auto_reload = False          # 3.15 has no PEBS auto-reload: the drain re-arms
         self._add([ev])
         return Recording(self, ev)
 
@@ -1181,6 +1233,8 @@ class GuestPerf:
         """
         if vcpu is not self.vcpu:
             return 0
+        if self.linux == "3.15":
+            return self.intel_pmu_handle_irq_3_15(ip, cpl)
         self.pmi_count += 1
         self._in_irq = True
         handled = 0
@@ -1201,6 +1255,41 @@ class GuestPerf:
             self.enabled = pmu_enabled
             if pmu_enabled:
                 self._intel_pmu_enable_all()
+        finally:
+            self._in_irq = False
+        return handled
+
+    def intel_pmu_handle_irq_3_15(self, ip: int, cpl: int) -> int:
+        """The 3.15 guest's PMI handler: PEBS_ENABLE = 0 on entry, the value back at the end.
+
+        Models intel_pmu_handle_irq() in arch/x86/kernel/cpu/perf_event_intel.c
+        of v3.15 (FACTS g.2): intel_pmu_disable_all() (GLOBAL_CTRL = 0, then
+        intel_pmu_pebs_disable_all(): PEBS_ENABLE = 0 when any PEBS event is
+        on); read GLOBAL_STATUS; if it is 0, intel_pmu_enable_all() and
+        return; else loop { ack, drain the PEBS buffer on bit 62, handle the
+        other counters, re-read } (at most 100 times); then
+        intel_pmu_enable_all(0) unconditionally (intel_pmu_pebs_enable_all():
+        PEBS_ENABLE = cpuc->pebs_enabled, then GLOBAL_CTRL). Under the 2014
+        patch each of the two PEBS_ENABLE writes exits, and each releases or
+        takes every pin. 6c1c07b33eb0 (v5.7) stopped these writes; see
+        :meth:`intel_pmu_handle_irq`.
+        """
+        self.pmi_count += 1
+        self._in_irq = True
+        handled = 0
+        try:
+            self.intel_pmu_disable_all()
+            status = self._rdmsr(M.MSR_CORE_PERF_GLOBAL_STATUS)
+            loops = 0
+            while status:
+                loops += 1
+                if loops > _IRQ_LOOP_LIMIT:
+                    self.irq_loop_stuck += 1
+                    break
+                self._wrmsr(M.MSR_CORE_PERF_GLOBAL_OVF_CTRL, status)
+                handled += self.handle_pmi_common(ip, cpl, status)
+                status = self._rdmsr(M.MSR_CORE_PERF_GLOBAL_STATUS)
+            self.intel_pmu_enable_all()
         finally:
             self._in_irq = False
         return handled
@@ -1314,6 +1403,10 @@ class GuestPerf:
                 ev = self.events.get(b)
                 if ev is None or not ev.pebs:
                     continue
+                if not ev.auto_reload:
+                    # __intel_pmu_pebs_event() -> intel_pmu_save_and_restart() (3.15)
+                    self.x86_perf_event_update(ev)
+                    self.x86_perf_event_set_period(ev)
                 ev.samples.append(self._legacy_sample(rec, ev, b, now))
         for b, k in error.items():
             ev = self.events.get(b)

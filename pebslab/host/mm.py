@@ -6,12 +6,18 @@ the frame table as plain arrays indexed by host frame number (HFN):
 ``owner``, ``refcount``, ``state`` and ``gfn`` (see docs/ARCHITECTURE.md,
 section "Memory").
 
-References follow Linux: a VM's mapping of a frame holds one reference, and
-every pin (``get_page``) one more. Reclaim only takes frames whose only
-reference is the mapping, so a pinned frame is never swapped out. Swapping
-out copies the bytes into a swap store, clears the EPT entry, zeroes and
-frees the frame; faulting the page back in (``populate``) allocates a
-*fresh* frame, which may well have a different HFN.
+References follow Linux: a VM's memory holds one reference on each of its
+frames (the host mapping, or the swap cache once reclaim has unmapped it),
+and every pin (``get_page``) one more. The frame and its EPT entry are
+tracked separately (issue 9 item 8, FACTS g.1): a pin keeps the *frame*,
+never the EPT entry. Every host path that unmaps or write-protects a page
+(reclaim, aging, migration, KSM, THP split/collapse, NUMA balancing) first
+fires the MMU notifier, which makes KVM zap the EPT entry; only afterwards
+does the extra reference make it keep the frame. A frame that is resident
+but not in EPT is in ``unmapped``; the next access (``populate``) maps the
+same frame again. Swapping out (an unpinned page) copies the bytes into a
+swap store, zeroes and frees the frame; faulting that page back in
+allocates a *fresh* frame, which may well have a different HFN.
 
 All arrays are mutated in place, never rebound, so callers (the numba core,
 the KVM layer) may keep references to ``mem``, the frame table and every
@@ -55,14 +61,15 @@ class HostMM:
 
     Models the parts of Linux mm that the 2014 patch leans on: struct page
     reference counts (``get_page``/``put_page`` in include/linux/mm.h),
-    page reclaim under memory pressure (mm/vmscan.c, reduced to "pick
-    unpinned guest pages and swap them out") and KVM's EPT maintenance
-    when it does (the mmu notifier path that zaps EPT entries and flushes).
+    page reclaim under memory pressure (mm/vmscan.c) and the other paths
+    that unmap guest pages (aging, migration, compaction, KSM, THP,
+    NUMA balancing), each firing the MMU notifier that makes KVM zap EPT
+    entries before any reference count is checked (FACTS g.1).
 
-    Randomness: ``reclaim`` draws its victim order from ``self.rng``, a
+    Randomness: the zappers draw their victim order from ``self.rng``, a
     ``numpy.random.Generator(PCG64(seed))`` owned by this object; every
-    call to ``reclaim`` advances it, so a sequence of calls is reproducible
-    for a given seed.
+    call advances it, so a sequence of calls is reproducible for a given
+    seed.
     """
 
     def __init__(self, frames: int, seed: int = 0,
@@ -85,6 +92,13 @@ class HostMM:
         self.swap: dict[tuple[int, int], bytes] = {}
 
         self._vms: dict[int, tuple[np.ndarray, Callable[[], None] | None]] = {}
+        #: KVM's MMU notifier per VM (register_vm(notifier=...)); None: the host zaps itself
+        self._notifiers: dict[int, object] = {}
+        #: Resident guest pages whose EPT entry is gone: (vm_id, gfn) -> hfn. The
+        #: frame still holds the page (host-mapped, or in the swap cache).
+        self.unmapped: dict[tuple[int, int], int] = {}
+        #: The frames of ``unmapped`` that reclaim left in the swap cache.
+        self.swap_cache: set[int] = set()
         # Frames whose VM reference release_vm() already dropped but that a
         # leaked pin still holds.
         self._leaked: set[int] = set()
@@ -202,6 +216,9 @@ class HostMM:
         self.refcount[hfn] = rc - 1
         if rc - 1 == 0:
             vm_id, g = int(self.owner[hfn]), int(self.gfn[hfn])
+            if self.unmapped.get((vm_id, g)) == hfn:
+                del self.unmapped[(vm_id, g)]
+            self.swap_cache.discard(hfn)
             if vm_id >= 1 and vm_id in self._vms and g >= 0:
                 ept, cb = self._vms[vm_id]
                 if g < len(ept) and self._maps(ept[g], hfn):
@@ -221,14 +238,18 @@ class HostMM:
     # VMs and their EPT
     # ------------------------------------------------------------------
     def register_vm(self, vm_id: int, ept: np.ndarray,
-                    on_invalidate: Callable[[], None] | None) -> None:
+                    on_invalidate: Callable[[], None] | None, notifier=None) -> None:
         """Tell the host about a VM's EPT and how to flush its TLBs.
 
         pebslab only (in Linux, KVM registers an mmu notifier on the VM's
-        mm). ``ept`` is a 1-D ``numpy.uint64`` array indexed by GFN that the
-        host edits in place; ``on_invalidate()`` is called after every
-        change that removes or weakens a mapping (the VM does INVEPT).
-        ``None`` means the VM caches nothing.
+        mm: kvm_init_mmu_notifier() in virt/kvm/kvm_main.c). ``ept`` is a
+        1-D ``numpy.uint64`` array indexed by GFN; ``on_invalidate()`` is
+        called after every change that removes or weakens a mapping (the VM
+        does INVEPT); ``None`` means the VM caches nothing. ``notifier``,
+        if given, is KVM's side of the MMU notifier: an object whose
+        ``invalidate_range(gfns, why)`` zaps those EPT entries and flushes
+        (kvm/mmu_notifier.py); without one the host zaps the entries itself
+        and calls ``on_invalidate``.
         """
         vm_id = _check_int("vm_id", vm_id, 1)
         if vm_id in self._vms:
@@ -240,7 +261,12 @@ class HostMM:
         if on_invalidate is not None and not callable(on_invalidate):
             raise TypeError(
                 f"on_invalidate must be callable or None; got {type(on_invalidate).__name__}")
+        if notifier is not None and not callable(getattr(notifier, "invalidate_range", None)):
+            raise TypeError(f"notifier must have an invalidate_range(gfns, why) method; got "
+                            f"{type(notifier).__name__}")
         self._vms[vm_id] = (ept, on_invalidate)
+        if notifier is not None:
+            self._notifiers[vm_id] = notifier
 
     def unregister_vm(self, vm_id: int) -> None:
         """Forget a VM's EPT and callback (its frames are not touched).
@@ -249,6 +275,7 @@ class HostMM:
         """
         vm_id, _, _ = self._vm(vm_id)
         del self._vms[vm_id]
+        self._notifiers.pop(vm_id, None)
 
     def registered_vms(self) -> list[int]:
         """Return the ids of the registered VMs, ascending.
@@ -274,69 +301,298 @@ class HostMM:
             return -1
         return (entry & EPT_ADDR_MASK) >> PAGE_SHIFT
 
-    def populate(self, vm_id: int, gfn: int) -> int:
-        """Back a guest frame with a host frame and map it R|W|X in EPT.
+    def hva_to_pfn(self, vm_id: int, gfn: int) -> int:
+        """Make a guest page resident in host memory and return its frame; EPT untouched.
 
-        Models KVM's EPT-violation path (tdp_page_fault -> gfn_to_pfn ->
-        the host's page-fault / swap-in): a fresh frame is allocated and,
-        if the page had been swapped out, its bytes come back from the swap
-        store and the swap slot is dropped. Returns the HFN. A GFN that is
-        already mapped is left alone and its HFN returned. Filling a hole
-        needs no invalidation (TLBs never cache a missing translation).
+        Models hva_to_pfn() (get_user_pages on the VM's memory) as
+        gfn_to_pfn() uses it: a page already in EPT or resident but
+        unmapped (``unmapped``: host-mapped or in the swap cache) gives its
+        frame; a swapped-out page is read back into a fresh frame (it stays
+        out of EPT until the guest's next access, ``populate``); a page
+        never touched gets a zeroed frame. No reference is taken here.
         """
         vm_id, ept, _ = self._vm(vm_id)
         gfn = self._gfn(ept, gfn)
         entry = int(ept[gfn])
         if entry & EPT_R:
             return (entry & EPT_ADDR_MASK) >> PAGE_SHIFT
+        hfn = self.unmapped.get((vm_id, gfn))
+        if hfn is not None:
+            return hfn
         hfn = self.alloc_frame(vm_id, gfn)
         data = self.swap.pop((vm_id, gfn), None)
         if data is not None:
             base = hfn * PAGE_SIZE
             self.mem[base:base + PAGE_SIZE] = np.frombuffer(data, dtype=np.uint8)
+        self.unmapped[(vm_id, gfn)] = hfn
+        return hfn
+
+    def populate(self, vm_id: int, gfn: int) -> int:
+        """Back a guest frame with a host frame and map it R|W|X in EPT.
+
+        Models KVM's EPT-violation path (tdp_page_fault -> gfn_to_pfn ->
+        the host's page-fault / swap-in, then the EPT entry): a page whose
+        frame is still resident (``unmapped``: a zapper took only its EPT
+        entry) is mapped again *with the same frame* and leaves the swap
+        cache; a swapped-out page comes back from the swap store into a
+        fresh frame. Returns the HFN. A GFN that is already mapped is left
+        alone and its HFN returned. Filling a hole needs no invalidation
+        (TLBs never cache a missing translation).
+        """
+        vm_id, ept, _ = self._vm(vm_id)
+        gfn = self._gfn(ept, gfn)
+        entry = int(ept[gfn])
+        if entry & EPT_R:
+            return (entry & EPT_ADDR_MASK) >> PAGE_SHIFT
+        hfn = self.hva_to_pfn(vm_id, gfn)
+        del self.unmapped[(vm_id, gfn)]
+        self.swap_cache.discard(hfn)
         ept[gfn] = np.uint64((hfn << PAGE_SHIFT) | EPT_RWX)
         return hfn
 
-    def reclaim(self, n: int) -> list[tuple[int, int, int]]:
-        """Swap out up to ``n`` unpinned guest pages; return (vm_id, gfn, hfn) each.
+    def is_unmapped(self, vm_id: int, gfn: int) -> bool:
+        """Return whether the VM's page ``gfn`` is resident but has no EPT entry.
 
-        Models page reclaim (shrink_page_list in mm/vmscan.c) as seen by
-        KVM: candidates are frames owned by a VM (owner >= 1) that its EPT
-        maps and that hold no reference but the mapping (refcount == 1);
-        pinned frames (refcount > 1) are skipped. The candidates, in
-        ascending HFN, are shuffled with ``self.rng.permutation`` (this
-        advances the generator on every call) and the first ``n`` are
-        taken. Each victim's bytes go to the swap store, its EPT entry is
-        cleared and the frame is zeroed and freed; then each affected VM's
-        ``on_invalidate`` is called once, in ascending VM id. Fewer than
-        ``n`` are returned if there are not enough candidates.
+        pebslab only: what a zapper leaves behind (FACTS g.1).
         """
-        n = _check_int("n", n, 0)
-        cands = []
-        for hfn in np.flatnonzero((self.owner >= 1) & (self.refcount == 1)):
-            hfn = int(hfn)
-            vm_id, g = int(self.owner[hfn]), int(self.gfn[hfn])
-            if vm_id in self._vms and g >= 0:
-                ept = self._vms[vm_id][0]
-                if g < len(ept) and self._maps(ept[g], hfn):
-                    cands.append(hfn)
-        order = self.rng.permutation(len(cands))
-        victims = [cands[i] for i in order[:n]]
-        out: list[tuple[int, int, int]] = []
-        touched: set[int] = set()
-        for hfn in victims:
-            vm_id, g = int(self.owner[hfn]), int(self.gfn[hfn])
-            base = hfn * PAGE_SIZE
-            self.swap[(vm_id, g)] = self.mem[base:base + PAGE_SIZE].tobytes()
-            self._vms[vm_id][0][g] = 0
-            self._release_frame(hfn)
-            touched.add(vm_id)
-            out.append((vm_id, g, hfn))
-        for vm_id in sorted(touched):
-            cb = self._vms[vm_id][1]
+        vm_id = _check_int("vm_id", vm_id, 1)
+        gfn = _check_int("gfn", gfn, 0)
+        return (vm_id, gfn) in self.unmapped
+
+    # ------------------------------------------------------------------
+    # the zappers: host paths that unmap guest pages (FACTS g.1)
+    # ------------------------------------------------------------------
+    def _zap(self, vm_id: int, gfns: list[int], why: str) -> None:
+        """Fire the MMU notifier for ``gfns``: KVM zaps their EPT entries and flushes.
+
+        Models mmu_notifier_invalidate_page()/_range_start() (mm/mmu_notifier.c)
+        reaching KVM (kvm_mmu_notifier_invalidate_page -> kvm_unmap_hva). The
+        frames are not touched: each zapped page that is still resident goes
+        to ``unmapped``.
+        """
+        ept, cb = self._vms[vm_id]
+        present = [g for g in gfns if int(ept[g]) & EPT_R]
+        if not present:
+            return
+        for g in present:
+            self.unmapped[(vm_id, g)] = (int(ept[g]) & EPT_ADDR_MASK) >> PAGE_SHIFT
+        notifier = self._notifiers.get(vm_id)
+        if notifier is not None:
+            notifier.invalidate_range(present, why)
+        else:
+            for g in present:
+                ept[g] = 0
             if cb is not None:
                 cb()
+        for g in present:
+            if int(ept[g]) & EPT_R:
+                raise AssertionError(f"the MMU notifier of VM {vm_id} left EPT[gfn {g}] "
+                                     f"present after {why}")
+
+    def _guest_frames(self, vm_id=None, mapped_only: bool = False) -> list[int]:
+        """Resident frames of registered VMs that back a gfn (not leaked), ascending HFN."""
+        out = []
+        for hfn in np.flatnonzero(self.owner >= 1):
+            hfn = int(hfn)
+            v, g = int(self.owner[hfn]), int(self.gfn[hfn])
+            if v not in self._vms or g < 0 or hfn in self._leaked:
+                continue
+            if vm_id is not None and v != vm_id:
+                continue
+            ept = self._vms[v][0]
+            if g < len(ept) and self._maps(ept[g], hfn):
+                out.append(hfn)
+            elif not mapped_only and self.unmapped.get((v, g)) == hfn:
+                out.append(hfn)
         return out
+
+    def _pick(self, cands: list[int], n: int) -> list[int]:
+        order = self.rng.permutation(len(cands))
+        return [cands[i] for i in order[:n]]
+
+    def _vm_arg(self, vm_id):
+        if vm_id is None:
+            return None
+        return self._vm(vm_id)[0]
+
+    def _swap_out(self, hfn: int) -> None:
+        """An unpinned page leaves memory: bytes to the swap store, frame freed."""
+        vm_id, g = int(self.owner[hfn]), int(self.gfn[hfn])
+        base = hfn * PAGE_SIZE
+        self.swap[(vm_id, g)] = self.mem[base:base + PAGE_SIZE].tobytes()
+        self.unmapped.pop((vm_id, g), None)
+        self.swap_cache.discard(hfn)
+        self._release_frame(hfn)
+
+    def _move(self, hfn: int) -> int:
+        """Migrate an unpinned, already unmapped page to a fresh frame; return it."""
+        vm_id, g = int(self.owner[hfn]), int(self.gfn[hfn])
+        new = self.alloc_frame(vm_id, g)
+        self.mem[new * PAGE_SIZE:(new + 1) * PAGE_SIZE] = \
+            self.mem[hfn * PAGE_SIZE:(hfn + 1) * PAGE_SIZE]
+        self.unmapped[(vm_id, g)] = new
+        self.swap_cache.discard(hfn)
+        self._release_frame(hfn)
+        return new
+
+    def reclaim(self, n: int, kept: list | None = None) -> list[tuple[int, int, int]]:
+        """Reclaim up to ``n`` guest pages; return (vm_id, gfn, hfn) of each swapped out.
+
+        Models shrink_page_list() in mm/vmscan.c of v3.15 (FACTS g.1):
+        page_check_references(), add_to_swap(), then try_to_unmap() with no
+        reference-count check first: try_to_unmap_one() fires the MMU
+        notifier, so KVM zaps the EPT entry of *every* victim, pinned or
+        not. Only then does pageout()/is_page_cache_freeable() see an extra
+        reference: a pinned page (refcount > 1) keeps its frame, in the
+        swap cache (``unmapped``, ``swap_cache``; appended to ``kept`` as
+        (vm_id, gfn, hfn) when a list is given); an unpinned one is written
+        to the swap store and its frame zeroed and freed. Candidates are
+        the resident pages of registered VMs (EPT-mapped, or unmapped with
+        no reference but the VM's), in ascending HFN, shuffled with
+        ``self.rng.permutation`` (every call advances it); the first ``n``
+        are taken.
+        """
+        n = _check_int("n", n, 0)
+        if kept is not None and not isinstance(kept, list):
+            raise TypeError(f"kept must be a list or None; got {type(kept).__name__}")
+        cands = [h for h in self._guest_frames()
+                 if h not in self.swap_cache or self.refcount[h] == 1]
+        victims = self._pick(cands, n)
+        by_vm: dict[int, list[int]] = {}
+        for hfn in victims:
+            by_vm.setdefault(int(self.owner[hfn]), []).append(int(self.gfn[hfn]))
+        for vm_id in sorted(by_vm):
+            self._zap(vm_id, by_vm[vm_id], "reclaim (shrink_page_list -> try_to_unmap)")
+        out: list[tuple[int, int, int]] = []
+        for hfn in victims:
+            vm_id, g = int(self.owner[hfn]), int(self.gfn[hfn])
+            if self.refcount[hfn] > 1:
+                self.swap_cache.add(hfn)           # pageout(): is_page_cache_freeable() fails
+                if kept is not None:
+                    kept.append((vm_id, g, hfn))
+                continue
+            self._swap_out(hfn)
+            out.append((vm_id, g, hfn))
+        return out
+
+    def age(self, n: int, ept_ad: bool = False, vm_id=None) -> list[tuple[int, int, int]]:
+        """Age up to ``n`` EPT-mapped guest pages; return the (vm_id, gfn, hfn) zapped.
+
+        Models page_referenced() -> page_referenced_one() (mm/rmap.c) firing
+        mmu_notifier_clear_flush_young() -> kvm_age_hva() -> kvm_age_rmapp()
+        (arch/x86/kvm/mmu.c): with EPT accessed/dirty bits (``ept_ad``) KVM
+        only clears the accessed bit and nothing is zapped; without them it
+        zaps the entry, so the next access shows the page is in use. Frames
+        and references are unchanged either way.
+        """
+        n = _check_int("n", n, 0)
+        if not isinstance(ept_ad, bool):
+            raise TypeError(f"ept_ad must be a bool; got {type(ept_ad).__name__} {ept_ad!r}")
+        victims = self._pick(self._guest_frames(self._vm_arg(vm_id), mapped_only=True), n)
+        if ept_ad:
+            return []
+        return self._zap_each(victims, "aging without EPT A/D (kvm_age_rmapp)")
+
+    def _zap_each(self, victims: list[int], why: str) -> list[tuple[int, int, int]]:
+        by_vm: dict[int, list[int]] = {}
+        out = []
+        for hfn in victims:
+            vm_id, g = int(self.owner[hfn]), int(self.gfn[hfn])
+            by_vm.setdefault(vm_id, []).append(g)
+            out.append((vm_id, g, hfn))
+        for vm_id in sorted(by_vm):
+            self._zap(vm_id, by_vm[vm_id], why)
+        return out
+
+    def migrate_pages(self, n: int, vm_id=None) -> list[tuple[int, int, int, int]]:
+        """Migrate up to ``n`` guest pages; return (vm_id, gfn, old hfn, new hfn or -1) each.
+
+        Models migrate_pages() -> __unmap_and_move() (mm/migrate.c, v3.15):
+        try_to_unmap() first (the MMU notifier zaps the EPT entry), then
+        migrate_page_move_mapping() finds more references than expected on
+        a pinned page and fails with -EAGAIN: the page keeps its frame (new
+        hfn -1) but not its EPT entry. An unpinned page moves to a fresh
+        frame (bytes copied, old frame freed); its EPT entry comes back on
+        the next access.
+        """
+        n = _check_int("n", n, 0)
+        victims = self._pick(self._guest_frames(self._vm_arg(vm_id)), n)
+        out = []
+        for vm_id_, g, hfn in self._zap_each(victims, "migration (try_to_unmap)"):
+            new = -1 if self.refcount[hfn] > 1 else self._move(hfn)
+            out.append((vm_id_, g, hfn, new))
+        return out
+
+    def compact(self, n: int, vm_id=None) -> list[tuple[int, int, int, int]]:
+        """Compact: migrate up to ``n`` unpinned guest pages; pinned ones are skipped whole.
+
+        Models isolate_migratepages_range() (mm/compaction.c, v3.15), which
+        skips an anonymous page whose count exceeds its mapcount *before*
+        unmapping it: a pinned page keeps frame and EPT entry. The others
+        migrate as in :meth:`migrate_pages`. Returns (vm_id, gfn, old, new).
+        """
+        n = _check_int("n", n, 0)
+        cands = [h for h in self._guest_frames(self._vm_arg(vm_id)) if self.refcount[h] == 1]
+        victims = self._pick(cands, n)
+        out = []
+        for vm_id_, g, hfn in self._zap_each(victims, "compaction (migrate_pages)"):
+            out.append((vm_id_, g, hfn, self._move(hfn)))
+        return out
+
+    def ksm_scan(self, n: int, vm_id=None) -> list[tuple[int, int, int]]:
+        """KSM scans up to ``n`` EPT-mapped guest pages; return the (vm_id, gfn, hfn) zapped.
+
+        Models try_to_merge_one_page() -> write_protect_page() (mm/ksm.c,
+        v3.15): the PTE is cleared and flushed with the MMU notifier before
+        the count check, so KVM zaps the EPT entry; a pinned page is then
+        refused (count != mapcount + 1). pebslab does not merge identical
+        pages (an unpinned page keeps its frame too; ASSUMPTION-free
+        simplification: no page here is ever found identical).
+        """
+        n = _check_int("n", n, 0)
+        victims = self._pick(self._guest_frames(self._vm_arg(vm_id), mapped_only=True), n)
+        return self._zap_each(victims, "KSM (write_protect_page)")
+
+    def thp_split(self, n: int, vm_id=None) -> list[tuple[int, int, int]]:
+        """Split huge pages covering up to ``n`` guest pages; return those zapped.
+
+        Models split_huge_page() (mm/huge_memory.c, v3.15): the huge PMD is
+        split under the MMU notifier, so KVM zaps the EPT entries; the
+        frames do not change.
+        """
+        n = _check_int("n", n, 0)
+        victims = self._pick(self._guest_frames(self._vm_arg(vm_id), mapped_only=True), n)
+        return self._zap_each(victims, "THP split (split_huge_page)")
+
+    def thp_collapse(self, n: int, vm_id=None) -> list[tuple[int, int, int, int]]:
+        """khugepaged collapses up to ``n`` guest pages; return (vm_id, gfn, old, new or -1).
+
+        Models collapse_huge_page() (mm/huge_memory.c, v3.15): the PMD is
+        cleared under the MMU notifier (KVM zaps), then
+        __collapse_huge_page_isolate() refuses a page with an extra
+        reference: a pinned page keeps its frame (new -1), not its EPT
+        entry. An unpinned page is copied into the new huge page (a fresh
+        frame here).
+        """
+        n = _check_int("n", n, 0)
+        victims = self._pick(self._guest_frames(self._vm_arg(vm_id)), n)
+        out = []
+        for vm_id_, g, hfn in self._zap_each(victims, "THP collapse (khugepaged)"):
+            new = -1 if self.refcount[hfn] > 1 else self._move(hfn)
+            out.append((vm_id_, g, hfn, new))
+        return out
+
+    def numa_balance(self, n: int, vm_id=None) -> list[tuple[int, int, int]]:
+        """NUMA balancing marks up to ``n`` guest pages PROT_NONE; return those zapped.
+
+        Models change_prot_numa() -> change_protection() (mm/mprotect.c,
+        v3.15), which invalidates the range through the MMU notifier with
+        no exemption for pinned pages; the frames stay (the hinting fault
+        that may migrate them later is not modelled).
+        """
+        n = _check_int("n", n, 0)
+        victims = self._pick(self._guest_frames(self._vm_arg(vm_id), mapped_only=True), n)
+        return self._zap_each(victims, "NUMA balancing (change_prot_numa)")
 
     def is_swapped(self, vm_id: int, gfn: int) -> bool:
         """Return whether the VM's page ``gfn`` lives in the swap store.
@@ -392,6 +648,8 @@ class HostMM:
                 leaked.append(hfn)
         for key in [k for k in self.swap if k[0] == vm_id]:
             del self.swap[key]
+        for key in [k for k in self.unmapped if k[0] == vm_id]:
+            self.swap_cache.discard(self.unmapped.pop(key))
         return sorted(leaked)
 
     # ------------------------------------------------------------------
@@ -443,7 +701,10 @@ class HostMM:
         refcount >= 1 and state RESIDENT; host frames back no gfn; every
         present EPT entry of a registered VM points inside host memory at a
         distinct frame owned by that VM whose ``gfn`` matches, and that
-        page is not also in the swap store.
+        page is not also in the swap store; every ``unmapped`` page is a
+        frame of its VM backing that gfn, absent from EPT and from the swap
+        store (the swap cache is part of it); every frame a registered VM
+        owns (leaks aside) is in its EPT or in ``unmapped``.
         """
         free = self.owner == FRAME_FREE
         for name, bad in (
@@ -472,6 +733,19 @@ class HostMM:
         if dirty.any():
             h = int(np.flatnonzero(free)[np.flatnonzero(dirty)[0]])
             raise AssertionError(f"free frame {h} holds non-zero bytes (stale data)")
+        for (vm_id, g), hfn in sorted(self.unmapped.items()):
+            where = f"unmapped page (VM {vm_id}, gfn {g}) -> hfn {hfn}"
+            if int(self.owner[hfn]) != vm_id or int(self.gfn[hfn]) != g:
+                raise AssertionError(f"{where}: frame is owned by {int(self.owner[hfn])} "
+                                     f"and backs gfn {int(self.gfn[hfn])}")
+            if vm_id in self._vms and int(self._vms[vm_id][0][g]) & EPT_R:
+                raise AssertionError(f"{where}: the page is also present in EPT")
+            if (vm_id, g) in self.swap:
+                raise AssertionError(f"{where}: page is also in the swap store")
+        stray = self.swap_cache - set(self.unmapped.values())
+        if stray:
+            raise AssertionError(f"swap-cache frame(s) {sorted(stray)[:8]} are not unmapped "
+                                 f"guest pages")
         for vm_id, (ept, _) in sorted(self._vms.items()):
             present = np.flatnonzero((ept & np.uint64(EPT_R)) != 0)
             seen: dict[int, int] = {}
@@ -491,6 +765,14 @@ class HostMM:
                 if (vm_id, g) in self.swap:
                     raise AssertionError(f"{where}: page is also in the swap store")
                 seen[hfn] = g
+            for hfn in np.flatnonzero(self.owner == vm_id):
+                hfn = int(hfn)
+                g = int(self.gfn[hfn])
+                if hfn in self._leaked or seen.get(hfn) == g:
+                    continue
+                if self.unmapped.get((vm_id, g)) != hfn:
+                    raise AssertionError(f"VM {vm_id} owns frame {hfn} (gfn {g}) that is neither "
+                                         f"in its EPT nor an unmapped resident page")
 
     def __repr__(self) -> str:
         return (f"HostMM(frames={self.frames}, free={self.free_count()}, "

@@ -100,6 +100,12 @@ class Design:
     #: records the value; counters are reprogrammed and pages pinned once at the end
     #: (upstream since 68fb4757e867, v6.2: reprogramming deferred to KVM_REQ_PMU)
     restore_defers_pmu: bool = False
+    # --- MMU notifier (issue 9 item 8; kvm/mmu_notifier.py) -----------------------
+    #: after the MMU notifier zaps the EPT entry of a pinned page, re-establish the
+    #: EPT entries of every pinned page (DS, buffer, guest page tables) before the
+    #: next VM entry, guest PEBS off until then (as KVM_REQ_APIC_PAGE_RELOAD does
+    #: for the APIC-access page, ~v3.18; FACTS g.1). The patch: nothing reloads.
+    reload_pinned_ept: bool = False
 
     def __post_init__(self):
         choices = {
@@ -138,6 +144,7 @@ FIXED = replace(
     reprogram_on_pebs_enable=True, pebs_enable_mask="model",
     ds_area_canonical_check=True, reset_clears_pebs=True, ds_area_clear_on_zero=True,
     autoload_full="disable_pebs", dirty_log_skips_pinned=True, restore_defers_pmu=True,
+    reload_pinned_ept=True,
 )
 ICELAKE = replace(
     REVIEW, name="icelake", pin="none", pebs_enable_mask="model",
@@ -176,6 +183,9 @@ FIXES = {
                      "with the host's DS_AREA",
     "dirty_log_skips_pinned": "dirty logging does not write-protect pinned PEBS pages (the CPU "
                               "cannot take that fault); they are always reported dirty",
+    "reload_pinned_ept": "a pin keeps the frame, not the EPT entry: after the MMU notifier zaps "
+                         "one, the EPT entries of the pinned pages are re-established before the "
+                         "next entry (guest PEBS off until then)",
 }
 
 

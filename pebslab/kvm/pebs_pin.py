@@ -4,7 +4,9 @@ Models the four functions the 2014 patch adds to arch/x86/kvm/pmu.c, in the
 patch's order: kvm_pmu_release_pin, get_guest_page, pin_and_copy,
 kvm_pmu_pebs_pin. The CPU cannot take an EPT fault while it writes a PEBS
 record, so KVM takes a reference (get_page via gfn_to_pfn) on every host
-frame the hardware may write, and reclaim then leaves those frames alone.
+frame the hardware may write. That keeps the *frames*, not their EPT
+entries: reclaim and the other host zappers still unmap the pages and the
+MMU notifier zaps the entries (FACTS g.1; kvm/mmu_notifier.py).
 
 ``kvm_pmu_pebs_pin`` reproduces the posted code exactly, limitations
 included; ``kvm_pmu_pebs_pin_fixed`` is the `fixed` design's version. The
@@ -16,9 +18,64 @@ them without a VM.
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 
 from .._check import check_int
 from ..hw.pebs import DS_SIZE_PATCH, PAGE_SIZE
+
+
+
+@dataclass(frozen=True)
+class PinCosts:
+    """Cycles charged to the guest's clock for pinning and for keeping pinned pages mapped.
+
+    pebslab only, in the style of :class:`pebslab.kvm.vm.Costs` (kept apart
+    so the VM's Costs table stays as the timing notebook prints it).
+    ASSUMPTIONS, order-of-magnitude figures for a 2014-era core; FACTS has
+    no figure for any of them: get_page()/put_page() are one atomic on the
+    page count (~30); KVM's software walk of the guest page tables
+    (walk_mmu->gva_to_gpa: four kvm_read_guest() of 8 bytes) ~600;
+    gfn_to_pfn() on a resident page (memslot lookup, get_user_pages_fast)
+    ~400; the MMU notifier zapping a range and flushing (kvm_unmap_hva +
+    kvm_flush_remote_tlbs) ~1,000; re-establishing one EPT entry of a
+    pinned page before entry (the `fixed` reload) ~500.
+    """
+
+    get_page: int = 30
+    put_page: int = 30
+    guest_walk: int = 600
+    gfn_to_pfn: int = 400
+    mmu_notifier_zap: int = 1000
+    ept_reload: int = 500
+
+
+def _costs(vcpu) -> PinCosts:
+    return vcpu.vm.pin_costs
+
+
+def _settle(vcpu, bill: list[int] | None, cycles: int) -> None:
+    """Add ``cycles`` of pinning work to ``bill``, or straight to the vCPU's debt."""
+    if bill is None:
+        vcpu.pin_debt += cycles
+    else:
+        bill.append(cycles)
+
+
+def settle_pin_debt(vcpu) -> int:
+    """Charge the pinning work done in this exit to the guest's clock; return the cycles.
+
+    pebslab only. The pin functions run inside an exit handler (a WRMSR,
+    page tracking, a reset); their cycles are owed (``vcpu.pin_debt``) and
+    paid once the handler is done, so every trace row of one handler shares
+    the exit's timestamp. Called by the vCPU after an MSR write and before
+    every VM entry.
+    """
+    debt = vcpu.pin_debt
+    if debt:
+        vcpu.pin_debt = 0
+        vcpu.charge(debt)
+    return debt
+
 
 PAGE_MASK = ~(PAGE_SIZE - 1)
 MAX_PINNED_PAGES = 17          # "64k buffer + ds"
@@ -31,21 +88,27 @@ MAX_NEEDED_PAGES = 1 << 18
 def kvm_pmu_release_pin(vcpu) -> None:
     """Put every pinned page and forget them (kvm_pmu_release_pin)."""
     pmu = vcpu.pmu
+    cost = _costs(vcpu).put_page
     for hfn in pmu.pinned_pages:
         vcpu.host_mm.put_page(hfn)
-        vcpu.trace("UNPIN", frame=hfn, info=f"put_page(frame {hfn})")
+        vcpu.trace("UNPIN", frame=hfn, cost=cost, info=f"put_page(frame {hfn})")
+    vcpu.pin_debt += cost * len(pmu.pinned_pages)
     pmu.pinned_pages = []
     pmu.pin_view = {}
     vcpu.untrack_all()
 
 
-def get_guest_page(vcpu, addr: int) -> int | None:
+def get_guest_page(vcpu, addr: int, bill: list[int] | None = None) -> int | None:
     """Translate a guest virtual address and take a reference on its host frame.
 
     Models get_guest_page(): walk_mmu->gva_to_gpa with a write access, then
     gfn_to_pfn (which faults the page in and takes a reference). Returns the
-    host frame number, or None (the patch's printk_once and NULL).
+    host frame number, or None (the patch's printk_once and NULL). Costs
+    ``PinCosts.guest_walk``, then gfn_to_pfn + get_page (charged now, or
+    added to ``bill``).
     """
+    costs = _costs(vcpu)
+    _settle(vcpu, bill, costs.guest_walk)
     gpa = vcpu.gva_to_gpa(addr, write=True)
     if gpa == UNMAPPED_GVA:
         vcpu.trace("NOTE", gva=addr, info=f"Cannot translate guest page {addr:#x}")
@@ -54,18 +117,21 @@ def get_guest_page(vcpu, addr: int) -> int | None:
     if hfn is None:
         vcpu.trace("NOTE", gpa=gpa, info=f"gfn_to_pfn failed for {gpa:#x}")
         return None
+    cost = costs.gfn_to_pfn + costs.get_page
+    _settle(vcpu, bill, cost)
     vcpu.trace("PIN", gva=addr, gpa=gpa, hpa=hfn << 12, frame=hfn,
-               info=f"get_page(frame {hfn}) for gva {addr:#x}")
+               cost=costs.guest_walk + cost, info=f"get_page(frame {hfn}) for gva {addr:#x}")
     return hfn
 
 
-def pin_and_copy(vcpu, addr: int, length: int) -> tuple[int | None, bytes]:
+def pin_and_copy(vcpu, addr: int, length: int,
+                 bill: list[int] | None = None) -> tuple[int | None, bytes]:
     """Pin the page holding ``addr`` and copy ``length`` bytes from it (pin_and_copy).
 
     Returns (host frame or None, bytes). The copy stays inside the page.
     """
     offset = addr & ~PAGE_MASK
-    hfn = get_guest_page(vcpu, addr)
+    hfn = get_guest_page(vcpu, addr, bill)
     if hfn is None:
         return None, b""
     data = vcpu.host_mm.read_phys(hfn * PAGE_SIZE + offset, length)
@@ -97,19 +163,29 @@ def kvm_pmu_pebs_pin(vcpu) -> list[int]:
 
     What it leaves out (by construction): the last page of a buffer whose
     base is not page-aligned; pages past the 17th; anything the guest maps
-    later. Returns the host frames pinned, in order.
+    later. Returns the host frames pinned, in order. The work (a page walk,
+    gfn_to_pfn and get_page per page, :class:`PinCosts`) is charged to the
+    guest's clock when the exit handler is done (:func:`settle_pin_debt`).
     """
+    bill: list[int] = []
+    try:
+        return _kvm_pmu_pebs_pin(vcpu, bill)
+    finally:
+        vcpu.pin_debt += sum(bill)
+
+
+def _kvm_pmu_pebs_pin(vcpu, bill: list[int]) -> list[int]:
     pmu = vcpu.pmu
     ds_area = pmu.ds_area
     offset = ds_area & ~PAGE_MASK
     length = min(PAGE_SIZE - offset, DS_SIZE_PATCH)
-    hfn, raw = pin_and_copy(vcpu, ds_area, length)
+    hfn, raw = pin_and_copy(vcpu, ds_area, length, bill)
     if hfn is None:
         vcpu.trace("NOTE", gva=ds_area, info=f"Cannot pin ds area {ds_area:#x}")
         return list(pmu.pinned_pages)
     pmu.pinned_pages.append(hfn)
     if length < DS_SIZE_PATCH:
-        hfn2, raw2 = pin_and_copy(vcpu, ds_area + length, DS_SIZE_PATCH - length)
+        hfn2, raw2 = pin_and_copy(vcpu, ds_area + length, DS_SIZE_PATCH - length, bill)
         if hfn2 is None:
             return list(pmu.pinned_pages)
         pmu.pinned_pages.append(hfn2)
@@ -119,7 +195,7 @@ def kvm_pmu_pebs_pin(vcpu) -> list[int]:
     addr = ds["pebs_buffer_base"]
     limit = vcpu.design.pin_limit          # MAX_PINNED_PAGES = 17 in the patch
     while addr < ds["pebs_absolute_maximum"] and len(pmu.pinned_pages) < limit:
-        page = get_guest_page(vcpu, addr)
+        page = get_guest_page(vcpu, addr, bill)
         if page is None:
             vcpu.trace("NOTE", gva=addr, info=(
                 f"Cannot pin PEBS buffer {addr:#x} ({ds['pebs_buffer_base']:#x}-"
@@ -198,6 +274,14 @@ def kvm_pmu_pebs_pin_fixed(vcpu) -> bool:
     those addresses so a later remap is noticed (KVM page tracking,
     kvm_slot_page_track_add_page in arch/x86/kvm/mmu/page_track.c).
     """
+    bill: list[int] = []
+    try:
+        return _kvm_pmu_pebs_pin_fixed(vcpu, bill)
+    finally:
+        vcpu.pin_debt += sum(bill)
+
+
+def _kvm_pmu_pebs_pin_fixed(vcpu, bill: list[int]) -> bool:
     pmu = vcpu.pmu
     ds_area = pmu.ds_area
     raw = b""
@@ -224,15 +308,19 @@ def kvm_pmu_pebs_pin_fixed(vcpu) -> bool:
             hfn = vcpu.gfn_to_pfn(gfn)
             if hfn is None:
                 continue
-            vcpu.trace("PIN", gpa=gfn << 12, hpa=hfn << 12, frame=hfn,
+            cost = _costs(vcpu).gfn_to_pfn + _costs(vcpu).get_page
+            bill.append(cost)
+            vcpu.trace("PIN", gpa=gfn << 12, hpa=hfn << 12, frame=hfn, cost=cost,
                        info=f"get_page(frame {hfn}) for a guest page-table page")
             pinned.append(hfn)
     for gva in pages:
-        hfn = get_guest_page(vcpu, gva)
+        hfn = get_guest_page(vcpu, gva, bill)
         if hfn is None:
             for h in pinned:
                 vcpu.host_mm.put_page(h)
-                vcpu.trace("UNPIN", frame=h, info=f"put_page(frame {h}) (rollback)")
+                bill.append(_costs(vcpu).put_page)
+                vcpu.trace("UNPIN", frame=h, cost=_costs(vcpu).put_page,
+                           info=f"put_page(frame {h}) (rollback)")
             return False
         pinned.append(hfn)
     pmu.pinned_pages = pinned

@@ -26,7 +26,7 @@ from ..hw.mmu import (EPT_ADDR_MASK, EPT_R, PTE_P, PTE_RW, XLATE_EPT, XLATE_PF, 
                       walk_tables)
 from ..hw.models import CpuModel
 from ..trace import Trace
-from . import pebs_pin, pmu as kpmu, vmx
+from . import mmu_notifier, pebs_pin, pmu as kpmu, vmx
 from .cpuid import kvm_filter_cpuid
 from .dirty_log import DirtyLog
 from .._check import check_int as _check_int
@@ -177,6 +177,8 @@ class VCPU:
         self.pmi_pending = False
         self.cr3 = 0
         self.pmis_injected = 0
+        #: pinning work done in the current exit, charged when it ends (pebs_pin.settle_pin_debt)
+        self.pin_debt = 0
         kpmu.kvm_pmu_init(self)
         kpmu.kvm_pmu_cpuid_update(self)     # KVM_SET_CPUID2 with the VM's CPUID
 
@@ -250,8 +252,10 @@ class VCPU:
             kpmu.kvm_pmu_set_msr(self, index, value)
         except GuestFault as e:
             self.trace("GP", msr=index, value=value, info=str(e))
+            pebs_pin.settle_pin_debt(self)
             raise
         self.trace("MSR_WRITE", msr=index, value=value, info=M.msr_name(index))
+        pebs_pin.settle_pin_debt(self)          # issue 9 item 7: the pinning work costs cycles
 
     def cpuid(self, function: int) -> tuple[int, int, int, int]:
         """CPUID in the guest (always exits): the VM's CPUID table."""
@@ -334,9 +338,7 @@ class VCPU:
         """Host frame of a guest frame, faulting it in, with a reference taken (gfn_to_pfn)."""
         if not 0 <= gfn < self.vm.memory_pages:
             return None
-        hfn = self.host_mm.hfn_of(self.vm.id, gfn)
-        if hfn < 0:
-            hfn = self.vm.fault_in(gfn, why="gfn_to_pfn")
+        hfn = mmu_notifier.gfn_to_pfn(self, gfn)       # host memory; EPT untouched
         self.host_mm.get_page(hfn)
         self.vm.dirty_log.pinned(gfn)
         return hfn
@@ -382,6 +384,8 @@ class VM:
         self.memory_pages = memory_pages
         self.cpuid = kvm_filter_cpuid(cpuid, cpu, design)
         self.costs = costs or Costs()
+        #: what pinning and the MMU notifier's upkeep cost (kvm/pebs_pin.py PinCosts)
+        self.pin_costs = pebs_pin.PinCosts()
         self.extra_autoload = extra_autoload
         self.trace = Trace()
         self.ept = np.zeros(memory_pages, np.uint64)
@@ -400,7 +404,9 @@ class VM:
         self.tick_hooks: list = []
         #: called with the VM once it is destroyed (the Host forgets it)
         self.destroy_hooks: list = []
-        host_mm.register_vm(vm_id, self.ept, self._invept)
+        #: KVM's MMU notifier (kvm/mmu_notifier.py): host zappers reach it
+        self.mmu_notifier = mmu_notifier.KvmMmuNotifier(self)
+        host_mm.register_vm(vm_id, self.ept, self._invept, notifier=self.mmu_notifier)
         for gfn in range(memory_pages):
             host_mm.populate(vm_id, gfn)
         self.vcpus = [VCPU(self, i, PCpu(cpu, seed * 1000 + pcpu_base + i, pcpu_base + i))
@@ -546,7 +552,11 @@ class VM:
             self._inject_pmi(v, workload)
             if self.crashed:
                 break
+            pebs_pin.settle_pin_debt(v)
+            pebs_ok = self.mmu_notifier.kvm_check_request(v)     # issue 9 item 8
             vmx.vmx_prepare_msrs(v)
+            if not pebs_ok:
+                mmu_notifier.force_guest_pebs_off(v)
             vmx.vm_entry(v)
             core.regs[C.R_TIMER_DEADLINE] = np.uint64((core.tsc // TICK_CYCLES + 1) * TICK_CYCLES)
             before = int(core.regs[C.R_RETIRED])

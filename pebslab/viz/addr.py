@@ -336,13 +336,23 @@ def address_map(ds_offset=0, buf_offset=0, buf_pages=4, design="patch", reclaim=
     # PEBS (the model's ASSUMPTION for Silvermont); with it (Ice Lake server on,
     # FACTS c.2) it is an ordinary VM exit: KVM maps the page back, the record
     # is written (notebook 05 runs it).
-    recoverable = bad is not None and get_model(cpu).pebs_ept
+    ept_friendly = bad is not None and get_model(cpu).pebs_ept
+    # `fixed` (reload_pinned_ept) maps its pinned pages again before the next VM
+    # entry, so a hole that only pinned pages left never reaches the assist.
+    walked_rows = pages + tables
+    reloaded = (bad is not None and not ept_friendly
+                and getattr(vm.design, "reload_pinned_ept", False)
+                and all(not r["swapped"] for r in walked_rows))
+    recoverable = ept_friendly or reloaded
     ds_walk = (f"the CPU's walk of DS_AREA {st.ds:#x}: "
                + ("reaches the DS page" if bad is None
                   else f"{bad['fault']} (at {bad['level']})"
                   + ("\n  -> recovered: on this CPU an EPT violation of the PEBS assist is an "
                      "ordinary VM exit (EPT-friendly PEBS); KVM maps the page back and the "
-                     "record is written" if recoverable else
+                     "record is written" if ept_friendly else
+                     "\n  -> mended before the next VM entry: every page here is pinned, and "
+                     "this design re-establishes the EPT entries of pinned pages "
+                     "(reload_pinned_ept)" if reloaded else
                      "\n  -> fatal for the PEBS assist on this CPU (the model's assumption "
                      "for pre-Ice-Lake PEBS): record lost, guest stopped")))
     return {"pages": pages, "tables": tables, "pinned": pinned, "ds": st.ds,
