@@ -115,3 +115,38 @@ def test_page_walk_extremes(which, offset, reclaim):
 def test_bad_arguments(fn, kw, word):
     with pytest.raises(ValueError, match=word):
         fn(**kw)
+
+
+def test_walk_failure_is_recoverable_only_with_ept_friendly_pebs():
+    # FACTS c.2: with EPT-friendly PEBS (Ice Lake server on) an EPT violation of the
+    # assist is an ordinary VM exit; without it (Silvermont) the model's assumption is fatal.
+    ice = addr.address_map(cpu="icelake", design="icelake", reclaim=addr.MEMORY_PAGES)
+    assert not ice["ds_walk_ok"] and ice["ds_walk_recoverable"]
+    assert "recovered" in ice["ds_walk"]
+    slm = addr.address_map(design="patch", reclaim=addr.MEMORY_PAGES)
+    assert not slm["ds_walk_ok"] and not slm["ds_walk_recoverable"]
+    assert "fatal" in slm["ds_walk"] and "assumption" in slm["ds_walk"]
+
+
+def test_icelake_setup_really_recovers_when_run():
+    import pebslab as pl
+    host, vm, guest, st, _ = addr.setup(cpu="icelake", design="icelake", period=101)
+    host.reclaim(addr.MEMORY_PAGES)
+    res = vm.run(pl.workloads.hot_loop(), instructions=100_000)
+    assert not res.crashed and len(vm.trace.rows("PEBS_WRITE")) > 0
+
+
+def test_figures_and_cells_share_one_setup():
+    # notebook 05 prints GPAs from addr.setup(); the figures must draw the same ones
+    host, vm, guest, st, _ = addr.setup()
+    d = addr.address_map()
+    assert d["pages"][0]["gfn"] == guest.mm.translate(st.ds) >> 12
+    assert d["pages"][0]["hfn"] == host.mm.hfn_of(vm.id, d["pages"][0]["gfn"])
+
+
+def test_fixed_verdict_says_pinned_pages_are_mapped_again_before_entry():
+    # FACTS g.1: the pins keep the frames; `fixed` re-establishes their EPT entries
+    # before the next VM entry (reload_pinned_ept), so the hole is never seen by the assist
+    d = addr.address_map(design="fixed", reclaim=addr.MEMORY_PAGES)
+    assert not d["ds_walk_ok"] and d["ds_walk_recoverable"]
+    assert "reload_pinned_ept" in d["ds_walk"]

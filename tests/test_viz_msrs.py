@@ -114,3 +114,33 @@ def test_bad_arguments_name_the_argument(kw, word):
 def test_deterministic():
     assert msrs.msr_write_outcome() == msrs.msr_write_outcome()
     assert msrs.perf_cap_table() == msrs.perf_cap_table()
+
+
+# ----------------------------------------------------------------------------- register_bits
+
+def test_register_bits_rows_follow_the_patch_and_the_sdm():
+    d = msrs.register_bits_data(cpu="silvermont", design="patch")
+    # the patch: guest reads host PERF_CAPABILITIES & (PEBS_TRAP | ARCH_REG | PEBS_FORMAT)
+    assert d["guest_cap"] == d["host_cap"] & (M.PERF_CAP_PEBS_TRAP | M.PERF_CAP_ARCH_REG
+                                              | M.PERF_CAP_PEBS_FORMAT)
+    kvm = {r["bit"] for r in d["pebs_enable"] if r["guest"]}
+    cpu = {r["bit"] for r in d["pebs_enable"] if r["host"]}
+    assert kvm == {0, 1, 2, 3, 32, 33, 34, 35}        # the patch's mask 0xf0000000f
+    assert cpu == {0}                                 # SDM 18.6.1.1 / FACTS g.3: PMC0, no LL
+
+
+def test_register_bits_without_pebs_virtualization_shows_a_fault():
+    d = msrs.register_bits_data(cpu="haswell", design="patch")
+    assert d["guest_cap"] is None                     # not a PMU MSR for this guest
+    assert all(r["guest"] is None for r in d["perf_cap"])
+    assert not any(r["guest"] for r in d["pebs_enable"])
+
+
+def test_register_bits_draws_and_rejects_bad_input():
+    import matplotlib.figure
+    for cpu, design in (("silvermont", "patch"), ("icelake", "icelake"), ("haswell", "patch")):
+        assert isinstance(msrs.register_bits(cpu=cpu, design=design), matplotlib.figure.Figure)
+    with pytest.raises(ValueError, match="cpu"):
+        msrs.register_bits(cpu="pentium")
+    with pytest.raises(ValueError, match="design"):
+        msrs.register_bits(design="v2")

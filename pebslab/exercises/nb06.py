@@ -175,3 +175,212 @@ def ex06_pin_range(candidate, *, quiet: bool = False, strict: bool = False):
         from ._base import CheckFailed
         raise CheckFailed(str(res))
     return res
+
+
+# ----------------------------------------------------------------------------- the re-pin rule
+
+#: The steps a learner's ``pinned_area(steps)`` is asked about, each with
+#: the answer the patch's code gives and why (checked against the real model).
+_REPIN_CASES = (
+    ("DS_AREA=A, PEBS_ENABLE=1",
+     (("DS_AREA", "A"), ("PEBS_ENABLE", 1)),
+     "a new non-zero PEBS_ENABLE releases (nothing) and pins the DS area in DS_AREA now"),
+    ("DS_AREA=A, PEBS_ENABLE=1, PEBS_ENABLE=0",
+     (("DS_AREA", "A"), ("PEBS_ENABLE", 1), ("PEBS_ENABLE", 0)),
+     "PEBS_ENABLE=0 while it was non-zero releases every pin"),
+    ("DS_AREA=A, PEBS_ENABLE=1, DS_AREA=B",
+     (("DS_AREA", "A"), ("PEBS_ENABLE", 1), ("DS_AREA", "B")),
+     "a DS_AREA write only stores the value (pmu->ds_area = data); it never pins or unpins"),
+    ("DS_AREA=A, PEBS_ENABLE=1, DS_AREA=B, PEBS_ENABLE=1",
+     (("DS_AREA", "A"), ("PEBS_ENABLE", 1), ("DS_AREA", "B"), ("PEBS_ENABLE", 1)),
+     "writing the value PEBS_ENABLE already holds does nothing: the patch re-pins only if "
+     "data && data != pmu->pebs_enable"),
+    ("DS_AREA=A, PEBS_ENABLE=1, DS_AREA=B, PEBS_ENABLE=0, PEBS_ENABLE=1",
+     (("DS_AREA", "A"), ("PEBS_ENABLE", 1), ("DS_AREA", "B"), ("PEBS_ENABLE", 0),
+      ("PEBS_ENABLE", 1)),
+     "this is the discipline the patch assumes (PEBS off, move the buffer, PEBS on): the "
+     "0 releases A, the 1 pins the DS area in DS_AREA at that moment"),
+    ("DS_AREA=B, PEBS_ENABLE=1, DS_AREA=0",
+     (("DS_AREA", "B"), ("PEBS_ENABLE", 1), ("DS_AREA", 0)),
+     "DS_AREA=0 is stored like any other value; only PEBS_ENABLE releases pins"),
+    ("DS_AREA=A, PEBS_ENABLE=1, RESET",
+     (("DS_AREA", "A"), ("PEBS_ENABLE", 1), ("RESET", None)),
+     "kvm_pmu_reset stops the counters but leaves pebs_enable, ds_area and the pins alone; "
+     "only kvm_pmu_destroy calls kvm_pmu_release_pin"),
+    ("DS_AREA=A, PEBS_ENABLE=1, RESET, DS_AREA=B, PEBS_ENABLE=1",
+     (("DS_AREA", "A"), ("PEBS_ENABLE", 1), ("RESET", None), ("DS_AREA", "B"),
+      ("PEBS_ENABLE", 1)),
+     "after the reset KVM's pebs_enable is still 1, so the rebooted guest's PEBS_ENABLE=1 "
+     "is 'no change' and its new DS area B is never pinned; A's pins survive"),
+    ("PEBS_ENABLE=1 (DS_AREA still 0), then DS_AREA=A, PEBS_ENABLE=1",
+     (("PEBS_ENABLE", 1), ("DS_AREA", "A"), ("PEBS_ENABLE", 1)),
+     "the first PEBS_ENABLE=1 tries to pin DS area 0, cannot translate it and pins nothing "
+     "(a printk_once); the second write is the same value, so nothing is ever pinned"),
+)
+
+_STEP_MSRS = ("DS_AREA", "PEBS_ENABLE", "RESET")
+
+
+def _repin_real(steps) -> str | None:
+    """Replay ``steps`` on a `patch` VM with two prepared DS areas; return the pinned one."""
+    from ..hw import msr as M
+
+    host = Host(frames=1024, seed=0)
+    vm = host.create_vm(design="patch", memory_pages=256)
+    guest = GuestKernel(vm)
+    v = vm.vcpus[0]
+    areas = {}
+    for name in ("A", "B"):          # the guest builds both areas, then turns everything off
+        st = scenarios.manual_pebs(guest)
+        for msr in (M.MSR_CORE_PERF_GLOBAL_CTRL, M.MSR_IA32_PEBS_ENABLE, M.MSR_IA32_DS_AREA):
+            v.wrmsr(msr, 0)
+        areas[name] = st.ds
+    for what, value in steps:
+        if what == "RESET":
+            v.reset()
+        elif what == "DS_AREA":
+            v.wrmsr(M.MSR_IA32_DS_AREA, areas.get(value, 0))
+        else:
+            v.wrmsr(M.MSR_IA32_PEBS_ENABLE, value)
+    pmu = vm.kvm.pmu
+    if not pmu.num_pinned_pages:
+        return None
+    first = pmu.pinned_pages[0]
+    for name, ds in areas.items():
+        if host.mm.hfn_of(vm.id, v.gva_to_gpa(ds) >> 12) == first:
+            return name
+    return "another page"
+
+
+def _repin_cases():
+    return [(desc, (tuple(steps),), _repin_real(steps)) for desc, steps, _ in _REPIN_CASES]
+
+
+REPIN_HINT = ("Keep two pieces of KVM state as you go: pmu->ds_area and pmu->pebs_enable. "
+              "Only a PEBS_ENABLE write changes the pins.")
+
+
+def ex06_repin(candidate, *, quiet: bool = False, strict: bool = False):
+    """Check ``pinned_area(steps) -> "A", "B" or None`` against the real `patch` model.
+
+    pebslab only. ``steps`` is a tuple of (what, value): ("DS_AREA", "A" |
+    "B" | 0), ("PEBS_ENABLE", 0 | 1) or ("RESET", None), guest WRMSRs and a
+    vCPU reset in order, starting from a vPMU with nothing pinned, DS_AREA
+    and PEBS_ENABLE 0, and two DS areas A and B already built by the guest.
+    The answer is the DS area whose page the patch's KVM holds pinned after
+    the steps, or None. On a wrong answer the hint names the rule of the
+    patch's code that the case exercises.
+    """
+    if not callable(candidate):
+        raise TypeError(f"candidate must be a function; got {type(candidate).__name__}")
+    cases = _repin_cases()
+    why = {desc: reason for desc, _, reason in _REPIN_CASES}
+    res = run_cases("ex06_repin", candidate, cases, hint=REPIN_HINT, quiet=True)
+    if res.failed and not res.error:
+        desc, expected, got = res.failed[0]
+        if got not in ("A", "B", None):
+            res.hint = f"return 'A', 'B' or None; you returned {got!r}. " + REPIN_HINT
+        else:
+            res.hint = f"after {desc} the pins hold {expected!r}: {why[desc]}"
+    if not quiet:
+        print(res)
+    if strict and not res.ok:
+        from ._base import CheckFailed
+        raise CheckFailed(str(res))
+    return res
+
+
+# ----------------------------------------------------------------------------- the wrong page
+
+def _layout_run(design: str, layout: dict):
+    """manual_pebs with ``layout`` (period 97, no PMI), full compaction, then run; return facts.
+
+    Compaction (HostMM.compact) skips pinned pages before unmapping them
+    (FACTS g.1), so only the pages the design left unpinned lose their EPT
+    entries: the layout's own flaw, not reclaim's, decides the outcome.
+    """
+    from ..workloads import hot_loop
+
+    host = Host(frames=1024, seed=0)
+    vm = host.create_vm(design=design, memory_pages=256, pin_limit=64) if design == "fixed" \
+        else host.create_vm(design=design, memory_pages=256)
+    guest = GuestKernel(vm)
+    st = scenarios.manual_pebs(guest, period=97, threshold_records=10**4, **layout)
+    pinned = vm.kvm.pmu.num_pinned_pages
+    host.mm.compact(10_000)
+    st.debug_store()            # guest software reads its DS: its page tables come back
+    res = vm.run(hot_loop(), 5_000_000)
+    return st, pinned, res, vm.crash_reason or ""
+
+
+def ex06_wrong_page(candidate, *, quiet: bool = False, strict: bool = False):
+    """Check ``wrong_page_layout() -> dict(ds_offset=, buf_offset=, buf_pages=)``.
+
+    pebslab only. The layout must make the 2014 patch leave a buffer page
+    unpinned *because of its loop* (fewer than 17 pins, so the cap is not
+    the cause), and that page must be the one the PEBS assist faults on
+    after full compaction (period 97, threshold past the end, the
+    guest's page tables faulted back in), while the `fixed` design runs
+    the same layout to the end. Each failed condition is named.
+    """
+    from ._base import Result
+    if not callable(candidate):
+        raise TypeError(f"candidate must be a function; got {type(candidate).__name__}")
+    res = Result("ex06_wrong_page")
+    desc = "your layout"
+    try:
+        layout = candidate()
+    except NotImplementedError:
+        res.error = "your function still raises NotImplementedError; fill it in"
+        return _finish(res, quiet, strict)
+    except Exception as e:  # noqa: BLE001 - a learner's bug is a wrong answer
+        res.failed.append((desc, "a dict", f"{type(e).__name__}: {e}"))
+        return _finish(res, quiet, strict)
+    keys = {"ds_offset", "buf_offset", "buf_pages"}
+    if not isinstance(layout, dict) or set(layout) != keys or not all(
+            isinstance(layout[k], int) and not isinstance(layout[k], bool) for k in keys):
+        res.failed.append((desc, "dict(ds_offset=int, buf_offset=int, buf_pages=int)", layout))
+        res.hint = "return a dict with exactly the int keys ds_offset, buf_offset, buf_pages"
+        return _finish(res, quiet, strict)
+    if not (0 <= layout["ds_offset"] < PAGE and 0 <= layout["buf_offset"] < PAGE
+            and 1 <= layout["buf_pages"] <= 32):
+        res.failed.append((desc, "offsets in 0..4095, buf_pages in 1..32", layout))
+        res.hint = "keep ds_offset and buf_offset inside a page and buf_pages between 1 and 32"
+        return _finish(res, quiet, strict)
+    desc = f"layout {layout}"
+    st, pinned, run, why = _layout_run("patch", layout)
+    need = pebs_pin.needed_pages(st.ds, st.buffer, st.absolute_maximum)
+    plan = set(pebs_pin.patch_pin_plan(st.ds, st.buffer, st.absolute_maximum, limit=1 << 20))
+    missed = [p for p in need if p not in plan]
+    if pinned >= 17:
+        res.failed.append((desc, "fewer than 17 pins", f"{pinned} pins"))
+        res.hint = (f"the patch pins {pinned} pages here, so MAX_PINNED_PAGES may be what "
+                    "leaves a page out; find a layout where the loop itself misses one "
+                    "(a smaller buffer)")
+    elif not missed:
+        res.failed.append((desc, "a needed page the loop never reaches", "none missed"))
+        res.hint = ("the patch's loop reaches every page this layout needs; it steps from "
+                    "pebs_buffer_base by PAGE_SIZE while addr < absolute_maximum. Where must "
+                    "buffer_base sit for the last byte to land one page past the last step?")
+    elif not run.crashed or f"{missed[0]:#x}" not in why:
+        res.failed.append((desc, f"a crash on {missed[0]:#x}", why or "no crash"))
+        res.hint = (f"the loop misses {missed[0]:#x}, but the run "
+                    + ("did not crash" if not run.crashed else "crashed elsewhere")
+                    + ": does the assist ever write into that page before the buffer is full?")
+    else:
+        _, _, fixed_run, fixed_why = _layout_run("fixed", layout)
+        if fixed_run.crashed:
+            res.failed.append((desc, "fixed survives", fixed_why))
+            res.hint = "the fixed design crashes too with this layout; keep the buffer smaller"
+        else:
+            res.passed = 1
+    return _finish(res, quiet, strict)
+
+
+def _finish(res, quiet, strict):
+    if not quiet:
+        print(res)
+    if strict and not res.ok:
+        from ._base import CheckFailed
+        raise CheckFailed(str(res))
+    return res

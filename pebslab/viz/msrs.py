@@ -25,7 +25,7 @@ from ..hw.models import MODELS, get_model
 from ..kvm import pmu as KPMU
 
 __all__ = ["TextPanel", "MSR_CHOICES", "perf_cap_rows", "perf_cap_table", "msr_write",
-           "msr_write_outcome", "EXPLORERS"]
+           "msr_write_outcome", "register_bits_data", "register_bits", "EXPLORERS"]
 
 #: The CPUID bits a PEBS-capable CPU announces (FACTS b.7).
 PEBS_CPUID_BITS = ("DS", "DTES64", "PDCM")
@@ -395,3 +395,126 @@ EXPLORERS = {
                                               "design": "patch", "cpu": "silvermont",
                                               "hide_pebs_cpuid": False}),
 }
+
+
+# -----------------------------------------------------------------------------
+# The opening picture: which bits the guest is told, which bits it may set
+# -----------------------------------------------------------------------------
+
+#: PEBS_ENABLE bits the figure shows: PEBS on PMC0-3, load latency on PMC0-3, precise store.
+PEBS_ENABLE_BITS = (0, 1, 2, 3, 32, 33, 34, 35, 63)
+
+
+def register_bits_data(cpu="silvermont", design="patch") -> dict:
+    """The bits behind :func:`register_bits`, each from a real access.
+
+    pebslab only. ``perf_cap``: for bits 0..17 of IA32_PERF_CAPABILITIES,
+    the host's value (the core's RDMSR) and the guest's (a guest RDMSR
+    through KVM; None if it #GPs). ``pebs_enable``: for each bit of
+    :data:`PEBS_ENABLE_BITS`, whether the host core accepts a WRMSR of that
+    bit alone (``Core.wrmsr_fault``) and whether KVM accepts the guest's
+    WRMSR of it (each on a fresh VM).
+    """
+    import pebslab as pl
+    from ..hw.core import Core
+    cpu = _check_cpu(cpu)
+    design = _check_design(design)
+    core = Core(cpu)
+    host_cap = core.rdmsr(M.MSR_IA32_PERF_CAPABILITIES)
+    _host, vm, _guest = _make_vm(cpu, design, False, memory_pages=16)
+    try:
+        guest_cap = vm.vcpus[0].rdmsr(M.MSR_IA32_PERF_CAPABILITIES)
+    except GuestFault:
+        guest_cap = None
+    rows_cap = [{"bit": b, "host": bool(host_cap >> b & 1),
+                 "guest": None if guest_cap is None else bool(guest_cap >> b & 1)}
+                for b in range(18)]
+    rows_pe = []
+    for b in PEBS_ENABLE_BITS:
+        host_ok = core.wrmsr_fault(M.MSR_IA32_PEBS_ENABLE, 1 << b) is None
+        h = pl.Host(cpu=cpu, frames=64, seed=0)
+        v = h.create_vm(design=design, memory_pages=16).vcpus[0]
+        try:
+            v.wrmsr(M.MSR_IA32_PEBS_ENABLE, 1 << b)
+            guest_ok = True
+        except GuestFault as e:
+            # a refusal for want of a DS area to pin is not a reserved bit
+            guest_ok = "reserved" not in str(e) and "not a PMU MSR" not in str(e)
+        rows_pe.append({"bit": b, "host": host_ok, "guest": guest_ok})
+    return {"cpu": cpu, "design": design, "host_cap": host_cap, "guest_cap": guest_cap,
+            "perf_cap": rows_cap, "pebs_enable": rows_pe}
+
+
+_CAP_LABELS = {2.5: "LBR fmt", 6: "trap", 7: "arch regs", 9.5: "PEBS format", 12: "SMM",
+               13: "FW_WRITES", 14: "baseline", 15: "metrics", 16: "PT", 17: "timed"}
+
+
+def register_bits(cpu="silvermont", design="patch"):
+    """Draw what the guest is told (PERF_CAPABILITIES) and what it may set (PEBS_ENABLE).
+
+    pebslab only. Two panels of bit cells, each row from a real access (see
+    :func:`register_bits_data`): top, bits 17..0 of PERF_CAPABILITIES as
+    the host has them and as a guest RDMSR returns them; bottom, the
+    PEBS_ENABLE bits the host CPU accepts and those KVM accepts from the
+    guest. Filled = set / accepted; a hatched red cell marks a bit KVM
+    accepts that the CPU itself refuses. Returns the Figure.
+
+    Used in: notebook 04 (the opening picture).
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    d = register_bits_data(cpu, design)
+    blue, grey, red = "#0072B2", "#F0F0F0", "#D55E00"
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 5.2),
+                                   gridspec_kw={"height_ratios": [1, 1]})
+
+    def cell(ax, x, y, on, bad=False, off_label=None):
+        ax.add_patch(Rectangle((x, y), 0.9, 0.8, facecolor=(red if bad else blue) if on else grey,
+                               edgecolor="black", lw=0.6, hatch="//" if bad else None))
+        ax.text(x + 0.45, y + 0.4, "1" if on else (off_label or "0"), ha="center", va="center",
+                fontsize=8, color="white" if on else "black")
+
+    caps = d["perf_cap"]
+    for i, r in enumerate(reversed(caps)):           # bit 17 on the left
+        cell(ax1, i, 1, r["host"])
+        if r["guest"] is None:
+            cell(ax1, i, 0, False, off_label="-")
+        else:
+            cell(ax1, i, 0, r["guest"])
+    ax1.set_xlim(-0.2, len(caps))
+    ax1.set_ylim(-0.1, 1.9)
+    ax1.set_xticks([i + 0.45 for i in range(len(caps))])
+    ax1.set_xticklabels([str(r["bit"]) for r in reversed(caps)], fontsize=8)
+    for b, name in _CAP_LABELS.items():
+        ax1.text(len(caps) - 1 - b + 0.45, 1.85, name, ha="center", va="bottom", fontsize=7,
+                 rotation=35)
+    ax1.set_yticks([0.4, 1.4])
+    guest_txt = ("guest RDMSR: #GP" if d["guest_cap"] is None
+                 else f"guest reads {d['guest_cap']:#x}")
+    ax1.set_yticklabels([guest_txt, f"host has {d['host_cap']:#x}"], fontsize=8)
+    ax1.set_title(f"IA32_PERF_CAPABILITIES (0x345) bits 17..0: what a {d['design']} guest "
+                  f"on {d['cpu']} is told", fontsize=10, pad=34)
+    for s in ax1.spines.values():
+        s.set_visible(False)
+
+    pe = d["pebs_enable"]
+    for i, r in enumerate(pe):
+        cell(ax2, i, 1, r["host"])
+        cell(ax2, i, 0, r["guest"], bad=r["guest"] and not r["host"])
+    ax2.set_xlim(-0.2, len(pe))
+    ax2.set_ylim(-0.1, 1.9)
+    names = {0: "PMC0", 1: "PMC1", 2: "PMC2", 3: "PMC3", 32: "LL0", 33: "LL1", 34: "LL2",
+             35: "LL3", 63: "PS"}
+    ax2.set_xticks([i + 0.45 for i in range(len(pe))])
+    ax2.set_xticklabels([f"{r['bit']}\n{names[r['bit']]}" for r in pe], fontsize=8)
+    ax2.set_yticks([0.4, 1.4])
+    ax2.set_yticklabels(["KVM accepts from the guest", f"the {d['cpu']} CPU accepts"],
+                        fontsize=8)
+    ax2.set_title("IA32_PEBS_ENABLE (0x3F1), one bit at a time (1 = WRMSR accepted); "
+                  "hatched: accepted by KVM, refused by the CPU", fontsize=10)
+    for s in ax2.spines.values():
+        s.set_visible(False)
+    ax2.set_xlabel("bit (LL = load latency, PS = precise store)", fontsize=8)
+    fig.tight_layout()
+    return fig
