@@ -264,8 +264,8 @@ def reclaim_timeline(remap: bool = True, instructions: int = 2_000_000):
     ax.set_ylim(-0.5, len(runs) - 0.3)
     ax.set_xlabel("simulated guest time since the run started (cycles)")
     ax.set_title(("Buffer page 1 remapped by the guest, then g" if remap else "G") +
-                 "uest memory reclaimed (pinned pages keep the frame, not the EPT entry):"
-                 "\nwhat the PEBS assist does next (simulated)", fontsize=10)
+                 "uest memory reclaimed:\npinned pages keep their frame, not their EPT "
+                 "entry; what the PEBS assist does next (simulated)", fontsize=10)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=3, fontsize=8,
               frameon=False)
     ax.grid(axis="x", alpha=0.3)
