@@ -187,7 +187,7 @@ def ex12_walk_records(candidate, *, strict: bool = False, quiet: bool = False) -
 # -----------------------------------------------------------------------------
 
 _FAULT_SETUPS = (
-    ("all unpinned memory reclaimed, then run", dict(touch_ds=False, buf_pages=16)),
+    ("all guest memory reclaimed (nothing pinned), then run", dict(touch_ds=False, buf_pages=16)),
     ("reclaimed, the guest reads its DS area, then run", dict(touch_ds=True, buf_pages=16)),
     ("reclaimed with a 2-page buffer, then run", dict(touch_ds=False, buf_pages=2)),
 )

@@ -9,7 +9,9 @@ pebslab only. Three views:
   a counter writes when its own adaptive bit is clear;
 * :func:`reclaim_run` / :func:`reclaim_timeline` - one guest whose PEBS
   buffer page is remapped and then reclaimed by the host, under ``patch``
-  (Silvermont: the assist cannot take the EPT violation, the guest dies) and
+  (Silvermont: reclaim zaps the EPT entries of the pinned pages too, FACTS
+  g.1, so the first record faults; the assist cannot take the EPT
+  violation, the guest dies) and
   under ``icelake`` (EPT-friendly PEBS: the violation exits to KVM, which
   faults the page back in, and the run goes on), drawn from the trace;
 * :func:`compare_designs` / :func:`comparison_table` - every design on the
@@ -190,11 +192,14 @@ def _setup(design: str, cpu: str, buf_pages: int = 16, threshold_pages: int = 2,
 
 def reclaim_run(design: str = "patch", cpu: str | None = None, remap: bool = True,
                 instructions: int = 2_000_000) -> dict:
-    """Set PEBS up, remap buffer page 1 (optional), reclaim all unpinned memory, run.
+    """Set PEBS up, remap buffer page 1 (optional), let the host reclaim guest memory, run.
 
-    pebslab only. The guest then reads its DS area through its own page
+    pebslab only. Reclaim takes every unpinned frame and zaps the EPT entry
+    of every page it passes, pinned or not (a pin keeps the frame only,
+    FACTS g.1). The guest then reads its DS area through its own page
     tables (ordinary software: its tables and DS page fault back in), so
-    what is left missing is what the assist alone must reach. Returns the
+    what is left missing is what the assist alone must reach. ``reclaimed``
+    counts the frames taken (pinned frames stay). Returns the
     run's outcome and its trace rows: ``crashed``, ``crash_reason``,
     ``records``, ``samples``, ``pebs_faults``, ``pinned``, ``reclaimed``,
     ``events`` (trace rows of the kinds the timeline draws, times relative
@@ -258,9 +263,9 @@ def reclaim_timeline(remap: bool = True, instructions: int = 2_000_000):
     ax.set_yticklabels([f"{r['design']} on {r['cpu']}" for r in reversed(runs)])
     ax.set_ylim(-0.5, len(runs) - 0.3)
     ax.set_xlabel("simulated guest time since the run started (cycles)")
-    ax.set_title(("Buffer page 1 remapped by the guest, then a" if remap else "A") +
-                 "ll unpinned guest memory reclaimed:\nwhat the PEBS assist does next "
-                 "(simulated)", fontsize=10)
+    ax.set_title(("Buffer page 1 remapped by the guest, then g" if remap else "G") +
+                 "uest memory reclaimed:\npinned pages keep their frame, not their EPT "
+                 "entry; what the PEBS assist does next (simulated)", fontsize=10)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=3, fontsize=8,
               frameon=False)
     ax.grid(axis="x", alpha=0.3)
@@ -283,7 +288,7 @@ def _pinned_16(design, cpu):
 
 
 def _survives(design, cpu, *, remap=False, buf_pages=16, instructions=2_000_000):
-    """Set up, optionally remap buffer page 1, reclaim everything, run: 'yes' or 'crash'.
+    """Set up, optionally remap buffer page 1, reclaim guest memory, run: 'yes' or 'crash'.
 
     With ``remap`` or a buffer beyond 16 pages the guest reads its DS area after
     reclaim (its page tables and DS page come back), so that only the effect
@@ -319,7 +324,7 @@ SCENARIOS = (
     ("msrs_no_pebs", "PEBS MSRs work for a guest whose CPUID says no PEBS?",
      _no_pebs_guest_sees_msrs),
     ("pinned_16", "host frames pinned for a DS area + 16-page buffer", _pinned_16),
-    ("reclaim", "survives reclaim of all unpinned guest memory?", _survives),
+    ("reclaim", "survives host reclaim of guest memory?", _survives),
     ("remap", "survives a remapped buffer page + reclaim?",
      lambda d, c: _survives(d, c, remap=True)),
     ("buffer_32", "survives a 32-page buffer + reclaim?",
