@@ -134,7 +134,7 @@ GLOSSARY: tuple[Term, ...] = (
        "raises when it overflows with its interrupt bit set, or when the PEBS buffer "
        "reaches its threshold.",
        _W + r"PMIs?" + _E),
-    _t("NMI", "03_virtual_pmu",
+    _t("NMI", "00_welcome",
        "Non-maskable interrupt. Linux programs the PMI as an NMI, so the host's PMU "
        "handler runs even with interrupts disabled; in a VM it forces a VM exit.",
        _W + r"NMIs?" + _E),
@@ -167,11 +167,11 @@ GLOSSARY: tuple[Term, ...] = (
        "The microcode step that writes a PEBS record into the buffer (through the current "
        "page tables) and reloads the counter; it cannot take a page fault.",
        r"\bassists?\b"),
-    _t("interrupt threshold", "02_pebs_bare_metal",
+    _t("interrupt threshold", "00_welcome",
        "The DS field pebs_interrupt_threshold: when the write index reaches it, the CPU "
        "sets GLOBAL_STATUS bit 62 and raises a PMI so software drains the buffer.",
        r"threshold"),
-    _t("GLOBAL_CTRL", "03_virtual_pmu",
+    _t("GLOBAL_CTRL", "01_pmu_basics_and_skid",
        "IA32_PERF_GLOBAL_CTRL: one enable bit per counter (GP counter i at bit i, fixed "
        "counter i at bit 32+i); a counter counts only if enabled here too.",
        r"GLOBAL_CTRL"),
@@ -191,7 +191,7 @@ GLOSSARY: tuple[Term, ...] = (
        "A PEBS assist that records the state after the sampled instruction "
        "(PERF_CAPABILITIES bit 6, PEBS_TRAP): the recorded IP is the next instruction.",
        r"trap-like"),
-    _t("EventingRIP", "02_pebs_bare_metal",
+    _t("EventingRIP", "00_welcome",
        "The record field (offset 0xB0 from format 2 on) holding the address of the "
        "instruction that caused the event, so :pp needs no IP fix-up.",
        r"EventingRIP", r"[Ee]venting IP"),
@@ -302,7 +302,7 @@ GLOSSARY: tuple[Term, ...] = (
        "Holding a reference on a guest page's host frame so it stays put; the patch pins "
        "the DS area and buffer pages when PEBS is enabled.",
        r"\bpin(s|ning|ned)?\b"),
-    _t("MMU notifier", "06_pinning",
+    _t("MMU notifier", "05_ds_area_in_guest_memory",
        "The hook by which the host's memory manager tells KVM that a mapping is going "
        "away, so KVM zaps the EPT entry; it fires even for a referenced page.",
        r"MMU notifier", r"mmu_notifier"),
@@ -341,7 +341,7 @@ GLOSSARY: tuple[Term, ...] = (
     _t("host perf", "00_welcome",
        "The host kernel's perf subsystem; KVM asks it for counters on the guest's behalf.",
        r"host perf\b"),
-    _t("guest-owned event", "07_switching_msrs",
+    _t("guest-owned event", "03_virtual_pmu",
        "A host perf event created for a guest counter and marked as the guest's (the last "
        "argument the patch passes to __perf_event_create_kernel_counter).",
        r"guest-owned", r"guest_owned"),
@@ -362,7 +362,7 @@ GLOSSARY: tuple[Term, ...] = (
        "perf lowering the maximum sample rate when its interrupt handlers take too long "
        "(\"perf: interrupt took too long\"), from kernel/events/core.c.",
        r"throttl"),
-    _t("perf_cpu_time_max_percent", "09_timing",
+    _t("perf_cpu_time_max_percent", "03_virtual_pmu",
        "The sysctl bounding the share of CPU time perf's sampling interrupts may take; the "
        "patch's commit message suggests writing 0 in a guest to stop the throttling.",
        r"perf_cpu_time_max_percent"),
@@ -531,7 +531,7 @@ MECHANISMS: tuple[Mechanism, ...] = (
        "06_pinning", _NB06_S2, _PIN, "ex06_pin_range"),
     _m("MAX_PINNED_PAGES 17 (\"64k buffer + ds\")", "kvm_host.h",
        "pebslab.kvm.pebs_pin.MAX_PINNED_PAGES",
-       "06_pinning", "4. The 17-page limit", _PIN, "ex06_pin_range"),
+       "06_pinning", "5. The 17-page limit", _PIN, "ex06_pin_range"),
     _m("PERF_CAP_PEBS_TRAP, PERF_CAP_ARCH_REG, PERF_CAP_PEBS_FORMAT", "msr-index.h",
        ("pebslab.hw.msr.PERF_CAP_PEBS_TRAP", "pebslab.hw.msr.PERF_CAP_ARCH_REG",
         "pebslab.hw.msr.PERF_CAP_PEBS_FORMAT", "pebslab.kvm.pmu.PATCH_PERF_CAP_BITS"),
@@ -580,11 +580,11 @@ MECHANISMS: tuple[Mechanism, ...] = (
     _m("reprogram_gp_counter(pmu, pmc, eventsel): pebs = test_bit(pmc->idx, pebs_enable)",
        "pmu.c reprogram_gp_counter", "pebslab.kvm.pmu.reprogram_gp_counter",
        "03_virtual_pmu", "2. Where the sample period comes from",
-       "pebslab.viz.vpmu.exit_timeline", "ex03_period"),
+       "pebslab.viz.vpmu.exit_timeline", "ex03_host_event"),
     _m("reprogram_fixed_counter: pebs = false (no PEBS on fixed counters)",
        "pmu.c reprogram_fixed_counter", "pebslab.kvm.pmu.reprogram_fixed_counter",
        "03_virtual_pmu", "3. From an overflow to an interrupt inside the guest",
-       "pebslab.viz.vpmu.exit_timeline", "ex03_period"),
+       "pebslab.viz.vpmu.exit_timeline", "ex03_host_event"),
     _m("kvm_pmu_msr: DS_AREA, PEBS_ENABLE, PERF_CAPABILITIES are PMU MSRs iff "
        "perf_pebs_virtualization()", "pmu.c kvm_pmu_msr",
        ("pebslab.kvm.pmu.kvm_pmu_msr", "pebslab.kvm.pmu.perf_pebs_virtualization"),
@@ -599,8 +599,7 @@ MECHANISMS: tuple[Mechanism, ...] = (
     _m("kvm_pmu_msr: DS_AREA, PEBS_ENABLE, PERF_CAPABILITIES are PMU MSRs iff "
        "perf_pebs_virtualization()", "pmu.c kvm_pmu_msr",
        ("pebslab.kvm.pmu.kvm_pmu_msr", "pebslab.kvm.pmu.pebs_msrs_visible"),
-       "00_welcome", "Reading the patch: the hunk the review questioned", None, "ex00_gate",
-       pending=True),
+       "00_welcome", "Reading the patch: the hunk the review questioned", None, "ex00_gate"),
     _m("kvm_pmu_set_msr of DS_AREA: stored as is, no check", "pmu.c kvm_pmu_set_msr",
        ("pebslab.kvm.pmu.kvm_pmu_set_msr", "pebslab.kvm.pmu.ds_area_changed"),
        "07_switching_msrs", "7. A non-canonical DS_AREA on the load list", _SW, "ex07_diagnose"),
@@ -610,7 +609,7 @@ MECHANISMS: tuple[Mechanism, ...] = (
        "pebslab.viz.addr.page_walk", "ex05_indices"),
     _m("kvm_pmu_set_msr of PEBS_ENABLE: #GP if data & ~0xf0000000f", "pmu.c kvm_pmu_set_msr",
        ("pebslab.kvm.pmu.kvm_pmu_set_msr", "pebslab.kvm.pmu.pebs_enable_valid"),
-       "04_cpuid_and_msrs", "Exercise 1 — the patch's PEBS_ENABLE check", _MSRW,
+       "04_cpuid_and_msrs", "Exercise 1 (warm-up): the patch's PEBS_ENABLE check", _MSRW,
        "ex04_valid_pebs_enable"),
     _m("kvm_pmu_set_msr of PEBS_ENABLE: release and re-pin when data && data != pebs_enable; "
        "release on 0", "pmu.c kvm_pmu_set_msr",
@@ -619,8 +618,7 @@ MECHANISMS: tuple[Mechanism, ...] = (
     _m("kvm_pmu_set_msr of PEBS_ENABLE: release and re-pin when data && data != pebs_enable; "
        "release on 0", "pmu.c kvm_pmu_set_msr",
        "pebslab.kvm.pmu.pebs_enable_changed_patch",
-       "06_pinning", "3. When the patch pins again, and when it does not", _PIN, "ex06_repin",
-       pending=True),
+       "06_pinning", "3. When the patch pins again, and when it does not", _PIN, "ex06_repin"),
     _m("kvm_pmu_release_pin: put_page every pinned page", "pmu.c kvm_pmu_release_pin",
        "pebslab.kvm.pebs_pin.kvm_pmu_release_pin",
        "06_pinning", _NB06_S2, _PIN),
@@ -643,7 +641,7 @@ MECHANISMS: tuple[Mechanism, ...] = (
        "06_pinning", "Where this is in the patch", _PIN),
     _m("kvm_pmu_destroy releases the pins (kvm_pmu_reset does not)", "pmu.c kvm_pmu_destroy",
        ("pebslab.kvm.pmu.kvm_pmu_destroy", "pebslab.kvm.pmu.kvm_pmu_reset"),
-       "06_pinning", "A reset does not unpin", _PIN, pending=True),
+       "06_pinning", "A reset does not unpin", _PIN),
     _m("kvm_pmu_reset keeps ds_area: a bad DS_AREA survives a guest reset", "pmu.c kvm_pmu_destroy",
        "pebslab.kvm.pmu.kvm_pmu_reset",
        "07_switching_msrs", "7. A non-canonical DS_AREA on the load list", _SW, "ex07_diagnose"),
@@ -659,11 +657,11 @@ MECHANISMS: tuple[Mechanism, ...] = (
     _m("commit message: a guest that changes its page tables after set-up \"could only crash "
        "itself\"", "commit message",
        "pebslab.kvm.pebs_pin.kvm_pmu_pebs_pin_fixed",
-       "06_pinning", "5. Where it breaks: remapping, and the page tables", _PIN),
+       "06_pinning", "6. Where it breaks: remapping, and the page tables", _PIN),
     _m("commit message, Timing: emulation costs more than a real PMU; "
        "perf_cpu_time_max_percent", "commit message",
        ("pebslab.kvm.vm.Costs", "pebslab.viz.vpmu.pmi_costs"),
-       "03_virtual_pmu", "5. Explorer: period, design, and the assumed costs",
+       "03_virtual_pmu", "5. Explorer: period, event, and the assumed costs",
        "pebslab.viz.vpmu.pmi_costs"),
     _m("commit message, Timing: emulation costs more than a real PMU; "
        "perf_cpu_time_max_percent", "commit message",
@@ -682,7 +680,7 @@ MECHANISMS: tuple[Mechanism, ...] = (
        "pebslab.viz.migration.restore_timeline", "ex10_compatible"),
     _m("commit message: only Silvermont; no extended MSRs (no load latency)", "commit message",
        ("pebslab.kvm.designs.pebs_virtualization_supported", "pebslab.kvm.pmu.pebs_enable_valid_bits"),
-       "04_cpuid_and_msrs", "Exercise 2 — the check Silvermont needs", _MSRW,
+       "04_cpuid_and_msrs", "Exercise 2 (apply): the check Silvermont needs", _MSRW,
        "ex04_slm_pebs_enable"),
     _m("review: pebs_allowed from the guest's CPUID (kvm_pmu_cpuid_update)", "review of kvm_pmu_msr",
        ("pebslab.kvm.pmu.kvm_pmu_cpuid_update", "pebslab.kvm.pmu.pebs_msrs_visible",
