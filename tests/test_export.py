@@ -157,7 +157,7 @@ def test_flamegraph_is_deterministic_valid_svg_with_proportional_widths():
     s = samples_at(W, np.arange(len(W)))
     a = export.flamegraph(s, W, title="t", width=1000)
     b = export.flamegraph(s, W, title="t", width=1000)
-    assert a.svg == b.svg and a._repr_svg_() == a.svg and a.total == len(s)
+    assert a.svg == b.svg and a._repr_svg_()[0] == a.svg and a._repr_svg_()[1]["alt"] and a.total == len(s)
     root = ET.fromstring(a.svg)
     ns = "{http://www.w3.org/2000/svg}"
     widths = {}

@@ -157,12 +157,14 @@ class FlameGraph:
     pebslab only. ``svg`` is the document; ``save(path)`` writes it.
     """
 
-    def __init__(self, svg: str, total: int):
+    def __init__(self, svg: str, total: int, alt: str = ""):
         self.svg = svg
         self.total = total
+        #: what the picture shows, for readers who cannot see it (the site's <img alt>)
+        self.alt = alt or f"Flame graph of {total} samples"
 
-    def _repr_svg_(self) -> str:
-        return self.svg
+    def _repr_svg_(self):
+        return self.svg, {"alt": self.alt}
 
     def save(self, path) -> Path:
         """Write the SVG to ``path`` (all or nothing); return the path."""
@@ -244,7 +246,8 @@ def flamegraph(samples, workload: Workload | None = None, *, title: str = "Flame
            f'<text x="{width / 2:.1f}" y="24" text-anchor="middle" '
            f'font-size="{frame_height}">{escape(title)}</text>\n'
            + "\n".join(rects) + "\n</svg>\n")
-    return FlameGraph(svg, total)
+    return FlameGraph(svg, total, alt=f"{title}: flame graph of {total} samples, the root at "
+                                      f"the bottom, each frame as wide as its share of them")
 
 
 # -----------------------------------------------------------------------------
