@@ -20,23 +20,10 @@ from __future__ import annotations
 import functools
 
 from ..hw import msr as M
-from ._base import run_cases
+from ._base import run_cases, unwritten
 
 __all__ = ["ex00_delivery", "ex00_gate", "ex00_pins"]
 
-
-def _unwritten(name, candidate, args, quiet, strict):
-    """If ``candidate`` is still the stub, say so without building the cases (cheap)."""
-    if not callable(candidate):
-        raise TypeError(f"candidate must be a function; got {type(candidate).__name__}")
-    try:
-        candidate(*args)
-    except NotImplementedError:
-        return run_cases(name, candidate, [("a first call", args, None)], quiet=quiet,
-                         strict=strict)
-    except Exception:  # noqa: BLE001 - judged case by case below
-        pass
-    return None
 
 #: The running example's precise event per host CPU (as pebslab.viz.story uses it).
 _EVENT = {"silvermont": "MEM_UOPS_RETIRED.L2_MISS_LOADS:pp",
@@ -133,7 +120,7 @@ def ex00_delivery(candidate, *, quiet: bool = False, strict: bool = False):
     is the time of the first DRAIN row at or after the first PEBS_WRITE row,
     minus the time of that PEBS_WRITE, or None if the run wrote no record.
     """
-    stub = _unwritten("ex00_delivery", candidate, ([],), quiet, strict)
+    stub = unwritten("ex00_delivery", candidate, ([],), quiet, strict)
     if stub is not None:
         return stub
     return run_cases("ex00_delivery", lambda rows: candidate(list(rows)), _delivery_cases(),
@@ -217,7 +204,7 @@ def ex00_gate(candidate, *, quiet: bool = False, strict: bool = False):
     on Silvermont, Haswell and Ice Lake hosts with guest CPUIDs missing
     some of DS, DTES64, PDCM.
     """
-    stub = _unwritten("ex00_gate", candidate, (True, frozenset()), quiet, strict)
+    stub = unwritten("ex00_gate", candidate, (True, frozenset()), quiet, strict)
     if stub is not None:
         return stub
     return run_cases("ex00_gate", lambda h, f: bool(candidate(h, f)), _gate_cases(),
@@ -258,7 +245,7 @@ def ex00_pins(candidate, *, quiet: bool = False, strict: bool = False):
     when the guest is refused PEBS), for every design on a Silvermont and an
     Ice Lake host.
     """
-    stub = _unwritten("ex00_pins", candidate, ("icelake", "silvermont"), quiet, strict)
+    stub = unwritten("ex00_pins", candidate, ("icelake", "silvermont"), quiet, strict)
     if stub is not None:
         return stub
     return run_cases(

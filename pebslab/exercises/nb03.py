@@ -21,22 +21,9 @@ import functools
 from types import SimpleNamespace
 
 from ..hw import msr as M
-from ._base import run_cases
+from ._base import run_cases, unwritten
 
 __all__ = ["ex03_status", "ex03_host_event", "ex03_period_for"]
-
-
-def _stub(name, candidate, args, quiet, strict):
-    if not callable(candidate):
-        raise TypeError(f"candidate must be a function; got {type(candidate).__name__}")
-    try:
-        candidate(*args)
-    except NotImplementedError:
-        return run_cases(name, candidate, [("a first call", args, None)], quiet=quiet,
-                         strict=strict)
-    except Exception:  # noqa: BLE001
-        pass
-    return None
 
 
 # ---------------------------------------------------------------------------
@@ -90,7 +77,7 @@ def ex03_status(candidate, *, quiet: bool = False, strict: bool = False):
     model's kvm_perf_overflow() (the patched pmu.c) leaves in the virtual
     GLOBAL_STATUS of a fresh vCPU.
     """
-    stub = _stub("ex03_status", candidate, ([],), quiet, strict)
+    stub = unwritten("ex03_status", candidate, ([],), quiet, strict)
     if stub is not None:
         return stub
     hint = ""
@@ -182,7 +169,7 @@ def ex03_host_event(candidate, *, quiet: bool = False, strict: bool = False):
     attr of the host perf event that a ``patch`` VM on Silvermont created
     after the guest wrote ``eventsel`` to PERFEVTSEL0 and enabled PMC0.
     """
-    stub = _stub("ex03_host_event", candidate, (_sel(0xC0, 0x00),), quiet, strict)
+    stub = unwritten("ex03_host_event", candidate, (_sel(0xC0, 0x00),), quiet, strict)
     if stub is not None:
         return stub
     return run_cases("ex03_host_event", lambda s: tuple(candidate(s)), _host_event_cases(),
@@ -230,7 +217,7 @@ def ex03_period_for(candidate, *, quiet: bool = False, strict: bool = False):
     (``recreate`` True) or with free perf-event re-creation (False); None
     if no period of the list is enough.
     """
-    stub = _stub("ex03_period_for", candidate, ("instructions", True), quiet, strict)
+    stub = unwritten("ex03_period_for", candidate, ("instructions", True), quiet, strict)
     if stub is not None:
         return stub
     return run_cases(

@@ -1242,21 +1242,31 @@ class GuestPerf:
             pmu_enabled = self.enabled
             self.enabled = False
             self._intel_pmu_disable_all()
-            status = self._rdmsr(M.MSR_CORE_PERF_GLOBAL_STATUS)
-            loops = 0
-            while status:
-                loops += 1
-                if loops > _IRQ_LOOP_LIMIT:
-                    self.irq_loop_stuck += 1
-                    break
-                self._wrmsr(M.MSR_CORE_PERF_GLOBAL_OVF_CTRL, status)
-                handled += self.handle_pmi_common(ip, cpl, status)
-                status = self._rdmsr(M.MSR_CORE_PERF_GLOBAL_STATUS)
+            handled += self._ack_and_handle(ip, cpl)
             self.enabled = pmu_enabled
             if pmu_enabled:
                 self._intel_pmu_enable_all()
         finally:
             self._in_irq = False
+        return handled
+
+    def _ack_and_handle(self, ip: int, cpl: int) -> int:
+        """The loop both eras' PMI handlers share: read GLOBAL_STATUS, ack it, handle, repeat.
+
+        Models the ``again:`` loop of intel_pmu_handle_irq() (at most
+        _IRQ_LOOP_LIMIT rounds, then the "irq loop stuck" path).
+        """
+        handled = 0
+        status = self._rdmsr(M.MSR_CORE_PERF_GLOBAL_STATUS)
+        loops = 0
+        while status:
+            loops += 1
+            if loops > _IRQ_LOOP_LIMIT:
+                self.irq_loop_stuck += 1
+                break
+            self._wrmsr(M.MSR_CORE_PERF_GLOBAL_OVF_CTRL, status)
+            handled += self.handle_pmi_common(ip, cpl, status)
+            status = self._rdmsr(M.MSR_CORE_PERF_GLOBAL_STATUS)
         return handled
 
     def intel_pmu_handle_irq_3_15(self, ip: int, cpl: int) -> int:
@@ -1279,16 +1289,7 @@ class GuestPerf:
         handled = 0
         try:
             self.intel_pmu_disable_all()
-            status = self._rdmsr(M.MSR_CORE_PERF_GLOBAL_STATUS)
-            loops = 0
-            while status:
-                loops += 1
-                if loops > _IRQ_LOOP_LIMIT:
-                    self.irq_loop_stuck += 1
-                    break
-                self._wrmsr(M.MSR_CORE_PERF_GLOBAL_OVF_CTRL, status)
-                handled += self.handle_pmi_common(ip, cpl, status)
-                status = self._rdmsr(M.MSR_CORE_PERF_GLOBAL_STATUS)
+            handled += self._ack_and_handle(ip, cpl)
             self.intel_pmu_enable_all()
         finally:
             self._in_irq = False
